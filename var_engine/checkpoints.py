@@ -1,0 +1,239 @@
+"""Reading and writing weights: official VAR releases and var-engine's own format.
+
+Official files are bare state dicts (`.pth`, read with `torch.load(weights_only=True)`) or
+safetensors; `hf://owner/repo/file` sources go through `huggingface_hub` when it is installed.
+var-engine's own checkpoints are a directory: `config.json`, `tokenizer.safetensors`,
+`transformer.safetensors`, plus optional extra components (e.g. `evaluator.safetensors`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .config import ModelConfig, TokenizerConfig, TransformerConfig
+from .errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+FORMAT_NAME = "var-engine"
+FORMAT_VERSION = 1
+
+
+# ----------------------------------------------------------------------------- reading files
+def resolve_source(source: str | Path) -> Path:
+    """A local path, or `hf://owner/repo/path/in/repo` downloaded through huggingface_hub."""
+    text = str(source)
+    if text.startswith("hf://"):
+        parts = text[len("hf://"):].split("/")
+        if len(parts) < 3:
+            raise CheckpointError(f"hub source must look like hf://owner/repo/file, got {text!r}")
+        try:
+            from huggingface_hub import hf_hub_download
+        except ImportError as e:
+            raise CheckpointError(
+                f"{text}: huggingface_hub is not installed (pip install huggingface_hub), "
+                "or download the file and pass its local path") from e
+        try:
+            return Path(hf_hub_download(repo_id="/".join(parts[:2]), filename="/".join(parts[2:])))
+        except Exception as e:  # network, auth, missing file: all reported the same way
+            raise CheckpointError(f"could not download {text}: {type(e).__name__}: {e}. "
+                                  "Offline? Download the file elsewhere and pass its local path.") from e
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    return path
+
+
+def read_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
+    """Read a plain state dict from safetensors or a `.pth` (never unpickling arbitrary objects)."""
+    path = resolve_source(source)
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refused to load: the file holds objects other than tensors "
+                              f"(only plain state dicts are accepted): {str(e).splitlines()[0]}") from e
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a state dict (name -> tensor), got {type(obj).__name__}")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        hint = " (a training checkpoint? pass the model's state dict)" if any(k in obj for k in ("model", "state_dict", "trainer")) else ""
+        raise CheckpointError(f"{path}: not a plain state dict: entries {bad[:5]} are not tensors{hint}")
+    return dict(obj)
+
+
+# ----------------------------------------------------------------------------- inferring configs
+def _require(sd: Mapping[str, torch.Tensor], key: str, what: str) -> torch.Tensor:
+    if key not in sd:
+        raise CheckpointError(f"not a {what} state dict: key {key!r} is missing")
+    return sd[key]
+
+
+def infer_transformer_config(sd: Mapping[str, torch.Tensor], patch_nums: tuple[int, ...],
+                             num_heads: int | None = None) -> TransformerConfig:
+    """Depth, width, classes, vocabulary, shared AdaLN and attn_l2_norm from an official state dict."""
+    word = _require(sd, "word_embed.weight", "VAR transformer")
+    C, z_channels = word.shape
+    depth = 1 + max((int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
+    if depth < 1:
+        raise CheckpointError("not a VAR transformer state dict: no 'blocks.N.*' keys")
+    l2 = "blocks.0.attn.scale_mul_1H11" in sd
+    if l2:
+        heads_in_file = sd["blocks.0.attn.scale_mul_1H11"].shape[1]
+        if num_heads is not None and num_heads != heads_in_file:
+            raise CheckpointError(f"num_heads={num_heads} but the checkpoint has {heads_in_file} heads")
+        num_heads = heads_in_file
+    hidden = _require(sd, "blocks.0.ffn.fc1.weight", "VAR transformer").shape[0]
+    L = _require(sd, "pos_1LC", "VAR transformer").shape[1]
+    expected_L = sum(p * p for p in patch_nums)
+    if L != expected_L:
+        raise CheckpointError(f"checkpoint has {L} token positions but patch_nums {tuple(patch_nums)} "
+                              f"give {expected_L}; pass the patch_nums it was trained with")
+    try:
+        return TransformerConfig(
+            depth=depth, embed_dim=C, num_heads=num_heads or depth,
+            num_classes=_require(sd, "class_emb.weight", "VAR transformer").shape[0] - 1,
+            mlp_ratio=hidden / C, shared_aln="shared_ada_lin.1.weight" in sd, attn_l2_norm=l2,
+            vocab_size=_require(sd, "head.weight", "VAR transformer").shape[0], z_channels=z_channels,
+            patch_nums=tuple(patch_nums))
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint does not describe a valid transformer: {e}") from e
+
+
+def infer_tokenizer_config(sd: Mapping[str, torch.Tensor], patch_nums: tuple[int, ...],
+                           quant_resi: float = 0.5, norm_groups: int = 32) -> TokenizerConfig:
+    """Channels, ch_mult, codebook and phi sharing from an official VQVAE state dict."""
+    emb = _require(sd, "quantize.embedding.weight", "VQVAE")
+    ch = _require(sd, "encoder.conv_in.weight", "VQVAE").shape[0]
+    levels = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"encoder\.down\.(\d+)\.", k)))
+    ch_mult = tuple(sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in range(levels))
+    blocks = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"encoder\.down\.0\.block\.(\d+)\.", k)))
+    if any(k.startswith("quantize.quant_resi.qresi_ls.") for k in sd):
+        share = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"quantize\.quant_resi\.qresi_ls\.(\d+)\.", k)))
+    elif any(k.startswith("quantize.quant_resi.qresi.") for k in sd):
+        share = 1
+    elif any(re.match(r"quantize\.quant_resi\.\d+\.", k) for k in sd):
+        share = 0
+    else:  # quant_resi == 0: identity phis, no weights
+        share, quant_resi = 4, 0.0
+    try:
+        return TokenizerConfig(
+            vocab_size=emb.shape[0], z_channels=emb.shape[1], ch=ch, ch_mult=ch_mult, num_res_blocks=blocks,
+            using_sa=f"encoder.down.{levels - 1}.attn.0.norm.weight" in sd,
+            using_mid_sa="encoder.mid.attn_1.norm.weight" in sd, norm_groups=norm_groups,
+            quant_conv_ks=_require(sd, "quant_conv.weight", "VQVAE").shape[-1],
+            quant_resi=quant_resi, share_quant_resi=share, patch_nums=tuple(patch_nums))
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint does not describe a valid tokenizer: {e}") from e
+
+
+# ----------------------------------------------------------------------------- loading into modules
+def adapt_tokenizer_state_dict(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """The training-only `quantize.ema_vocab_hit_SV` may have another row count: replace it."""
+    key = "quantize.ema_vocab_hit_SV"
+    own = model.state_dict()[key]
+    if key in sd and sd[key].shape != own.shape:
+        sd = {**sd, key: torch.zeros(own.shape, dtype=own.dtype)}
+    return sd
+
+
+def load_weights(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> None:
+    """Strict load with a CheckpointError listing missing, unexpected and mis-shaped keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s) {missing[:5]}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} key(s) {unexpected[:5]}")
+        if shapes:
+            parts.append(f"shape mismatch {shapes[:5]}")
+        raise CheckpointError(f"{what} checkpoint does not fit the model: " + "; ".join(parts))
+    params = dict(model.named_parameters())
+    for k, v in sd.items():
+        if k in params and not torch.isfinite(v).all():
+            raise CheckpointError(f"{what} checkpoint holds NaN/inf values in {k!r}")
+    with torch.no_grad():
+        for k, v in own.items():
+            v.copy_(sd[k].to(v.dtype))
+
+
+# ----------------------------------------------------------------------------- own format
+def save_pretrained(directory: str | Path, config: ModelConfig, components: Mapping[str, nn.Module],
+                    extra_config: Mapping[str, Any] | None = None) -> Path:
+    """Write `config.json` and one `<name>.safetensors` per component (e.g. tokenizer, transformer)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, module in components.items():
+        sd = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+        tmp = directory / f".{name}.safetensors.tmp"
+        save_file(sd, str(tmp), metadata={"format": FORMAT_NAME})
+        tmp.replace(directory / f"{name}.safetensors")
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **config.to_dict(),
+            "components": sorted(set(components) | set(_existing_components(directory))),
+            **dict(extra_config or {})}
+    tmp = directory / f".{CONFIG_FILE}.tmp"
+    tmp.write_text(json.dumps(meta, indent=1))
+    tmp.replace(directory / CONFIG_FILE)
+    return directory
+
+
+def _existing_components(directory: Path) -> list[str]:
+    return [p.name[: -len(".safetensors")] for p in directory.glob("*.safetensors")]
+
+
+def read_pretrained_config(directory: str | Path) -> dict[str, Any]:
+    """The parsed `config.json` of a var-engine checkpoint directory."""
+    directory = Path(directory).expanduser()
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a var-engine checkpoint: {CONFIG_FILE} not found")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: invalid JSON ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path}: not a var-engine config (format field missing or wrong)")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format version {meta['format_version']} is newer than this "
+                              f"var-engine understands ({FORMAT_VERSION}); upgrade var-engine")
+    return meta
+
+
+def read_model_config(directory: str | Path) -> ModelConfig:
+    meta = read_pretrained_config(directory)
+    try:
+        return ModelConfig.from_dict(meta)
+    except ConfigError as e:
+        raise CheckpointError(f"{directory}: {e}") from e
+
+
+def read_component(directory: str | Path, name: str) -> dict[str, torch.Tensor]:
+    """One component's tensors from a checkpoint directory."""
+    path = Path(directory).expanduser() / f"{name}.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: component {name!r} not found ({path.name})")
+    return read_state_dict(path)

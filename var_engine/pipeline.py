@@ -1,0 +1,208 @@
+"""Pipeline: tokenizer + transformer + sampler composed behind one `generate` call."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from .cache import analytic_kv_bytes
+from .checkpoints import (adapt_tokenizer_state_dict, infer_tokenizer_config, infer_transformer_config,
+                          load_weights, read_component, read_model_config, read_pretrained_config,
+                          read_state_dict, save_pretrained)
+from .config import OFFICIAL_PATCH_NUMS_256, ModelConfig, SamplingConfig
+from .errors import CheckpointError, ConfigError, InputError
+from .sampling import LayerPlan, ScaleHook, ScaleStats, layer_capacities, sample
+from .tokenizer import Tokenizer
+from .transformer import VARTransformer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHECKPOINT_ENV = "VAR_ENGINE_CHECKPOINT"
+
+
+def default_checkpoint_dir() -> Path:
+    """The embedded default model (`checkpoints/default`), or $VAR_ENGINE_CHECKPOINT."""
+    env = os.environ.get(DEFAULT_CHECKPOINT_ENV)
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "checkpoints" / "default"
+
+
+@dataclass
+class GenerationStats:
+    seconds: float  # wall time of the whole call
+    transformer_seconds: float
+    decode_seconds: float
+    kv_bytes: int  # peak bytes held by the KV cache during the call
+    per_scale: list[ScaleStats] = field(default_factory=list)
+    peak_memory_bytes: int | None = None  # CUDA only: peak allocated memory of the call
+
+
+@dataclass
+class GenerateOutput:
+    images: torch.Tensor | None  # (B, 3, H, W) in [0, 1]; None with decode=False
+    tokens: torch.Tensor  # (B, L)
+    labels: torch.Tensor  # (B,)
+    stats: GenerationStats
+
+
+class Pipeline:
+    """A loaded model; `generate` runs labels -> tokens -> images."""
+
+    def __init__(self, tokenizer: Tokenizer, transformer: VARTransformer, config: ModelConfig,
+                 components: dict[str, torch.nn.Module] | None = None, meta: dict[str, Any] | None = None):
+        self.tokenizer = tokenizer.eval()
+        self.transformer = transformer.eval()
+        self.config = config
+        self.components = dict(components or {})  # extra modules shipped beside (e.g. an evaluator)
+        self.meta = dict(meta or {})
+        for p in (*self.tokenizer.parameters(), *self.transformer.parameters()):
+            p.requires_grad_(False)
+
+    # ------------------------------------------------------------------ loading / saving
+    @classmethod
+    def from_official(cls, vae: str | Path, var: str | Path, patch_nums: Sequence[int] = OFFICIAL_PATCH_NUMS_256,
+                      num_heads: int | None = None, *, quant_resi: float = 0.5, device: str | torch.device = "cpu",
+                      attention: str | None = None) -> "Pipeline":
+        """Load official VAR release files (`.pth` or `.safetensors`, or `hf://FoundationVision/var/...`)."""
+        patch_nums = tuple(patch_nums)
+        vae_sd, var_sd = read_state_dict(vae), read_state_dict(var)
+        tok_cfg = infer_tokenizer_config(vae_sd, patch_nums, quant_resi=quant_resi)
+        var_cfg = infer_transformer_config(var_sd, patch_nums, num_heads)
+        try:
+            config = ModelConfig(tok_cfg, var_cfg)
+        except ConfigError as e:
+            raise CheckpointError(f"VQVAE and VAR checkpoints do not belong together: {e}") from e
+        tokenizer, transformer = Tokenizer(tok_cfg), VARTransformer(var_cfg, attention)
+        load_weights(tokenizer, adapt_tokenizer_state_dict(vae_sd, tokenizer), "VQVAE")
+        load_weights(transformer, var_sd, "VAR")
+        return cls(tokenizer, transformer, config, meta={"source": "official"}).to(device)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, *, device: str | torch.device = "cpu",
+                        attention: str | None = None) -> "Pipeline":
+        """Load a var-engine checkpoint directory; None or 'default' is the embedded default model."""
+        directory = default_checkpoint_dir() if path in (None, "default") else Path(path).expanduser()
+        meta = read_pretrained_config(directory)
+        config = read_model_config(directory)
+        tokenizer, transformer = Tokenizer(config.tokenizer), VARTransformer(config.transformer, attention)
+        load_weights(tokenizer, adapt_tokenizer_state_dict(read_component(directory, "tokenizer"), tokenizer),
+                     "tokenizer")
+        load_weights(transformer, read_component(directory, "transformer"), "transformer")
+        meta["path"] = str(directory)
+        return cls(tokenizer, transformer, config, meta=meta).to(device)
+
+    def save_pretrained(self, directory: str | Path, extra_config: dict[str, Any] | None = None) -> Path:
+        return save_pretrained(directory, self.config,
+                               {"tokenizer": self.tokenizer, "transformer": self.transformer}, extra_config)
+
+    def to(self, device: str | torch.device) -> "Pipeline":
+        device = torch.device(device)
+        self.tokenizer.to(device)
+        self.transformer.to(device)
+        for m in self.components.values():
+            m.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.pos_1LC.device
+
+    # ------------------------------------------------------------------ inputs
+    def parse_labels(self, labels: int | str | Iterable[int | str] | torch.Tensor | None) -> torch.Tensor:
+        """Class ids -> LongTensor (B,); -1 or 'null' is the unconditional (null) class."""
+        n = self.config.num_classes
+        if labels is None:
+            raise InputError("labels are required (or pass batch= to draw random classes)")
+        if isinstance(labels, torch.Tensor):
+            if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+                raise InputError(f"class ids must be integers, got a {labels.dtype} tensor")
+            items: list[Any] = labels.flatten().tolist()
+        elif isinstance(labels, (int, str)):
+            items = [labels]
+        else:
+            items = list(labels)
+        if not items:
+            raise InputError("labels must not be empty")
+        out = []
+        for item in items:
+            if isinstance(item, str) and item.strip().lower() in ("null", "none", "uncond"):
+                out.append(n)
+                continue
+            if isinstance(item, bool) or not isinstance(item, int):
+                if isinstance(item, str) and item.strip().lstrip("-").isdigit():
+                    item = int(item)
+                else:
+                    raise InputError(f"class id {item!r} is not an integer")
+            if item == -1:
+                out.append(n)
+            elif not 0 <= item < n:
+                raise InputError(f"class id {item} is out of range: this model has classes 0..{n - 1} "
+                                 "(and -1 or 'null' for unconditional)")
+            else:
+                out.append(item)
+        return torch.tensor(out, dtype=torch.long)
+
+    def make_generator(self, seed: int | None) -> torch.Generator:
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+        g = torch.Generator(device=self.device)
+        if seed is None:
+            g.seed()
+        else:
+            g.manual_seed(seed)
+        return g
+
+    # ------------------------------------------------------------------ generation
+    def kv_bytes_per_image(self, cfg: float = 1.5, layer_plan: LayerPlan | None = None) -> int:
+        """Analytic KV-cache bytes for one image (CFG doubles the rows unless cfg == 0)."""
+        t = self.config.transformer
+        caps = layer_capacities(layer_plan, t.depth, [e for _, e in t.scale_ranges()])
+        return analytic_kv_bytes(batch=1, embed_dim=t.embed_dim, capacities=caps, cfg_factor=2 if cfg else 1,
+                                 dtype=self.transformer.pos_1LC.dtype)
+
+    @torch.no_grad()
+    def generate(self, labels: int | str | Iterable[int | str] | torch.Tensor | None = None, *,
+                 batch: int | None = None, seed: int | None = None, cfg: float = 1.5, top_k: int = 900,
+                 top_p: float = 0.96, more_smooth: bool = False, layer_plan: LayerPlan | None = None,
+                 hooks: Sequence[ScaleHook] = (), decode: bool = True) -> GenerateOutput:
+        """Sample class-conditional images. Returns images in [0, 1], tokens and timing/memory stats.
+
+        With labels=None, `batch` random classes are drawn first from the seeded generator.
+        Raises InputError/ConfigError for bad ids or settings.
+        """
+        settings = SamplingConfig(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
+        generator = self.make_generator(seed)
+        if labels is None:
+            if batch is None or isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+                raise InputError("give labels, or batch >= 1 to draw random classes")
+            uniform = torch.full((1, self.config.num_classes), 1.0 / self.config.num_classes, device=self.device)
+            labels_B = torch.multinomial(uniform, batch, replacement=True, generator=generator).view(batch)
+        else:
+            labels_B = self.parse_labels(labels).to(self.device)
+            if batch is not None and batch != labels_B.numel():
+                raise InputError(f"batch={batch} but {labels_B.numel()} labels were given")
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        t0 = time.perf_counter()
+        result = sample(self.transformer, self.tokenizer.quantize, labels_B, settings, generator=generator,
+                        layer_plan=layer_plan, hooks=hooks)
+        t1 = time.perf_counter()
+        images = None
+        if decode:
+            images = self.tokenizer.fhat_to_images(result.f_hat).add_(1).mul_(0.5)
+            if cuda:
+                torch.cuda.synchronize(self.device)
+        t2 = time.perf_counter()
+        stats = GenerationStats(seconds=t2 - t0, transformer_seconds=t1 - t0, decode_seconds=t2 - t1,
+                                kv_bytes=result.kv_peak_bytes, per_scale=result.per_scale,
+                                peak_memory_bytes=torch.cuda.max_memory_allocated(self.device) if cuda else None)
+        return GenerateOutput(images, result.tokens, result.labels, stats)
+
+    def num_parameters(self) -> dict[str, int]:
+        return {"tokenizer": sum(p.numel() for p in self.tokenizer.parameters()),
+                "transformer": sum(p.numel() for p in self.transformer.parameters())}

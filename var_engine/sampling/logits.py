@@ -1,0 +1,45 @@
+"""Pure tensor functions of the sampler: guidance mixing, filtering, drawing tokens."""
+from __future__ import annotations
+
+import torch
+
+
+def guidance_scale(cfg: float, scale_index: int, num_scales: int) -> float:
+    """The release's linear ramp: 0 at the first scale, cfg at the last."""
+    return cfg * scale_index / (num_scales - 1)
+
+
+def cfg_mix(logits_2BlV: torch.Tensor, t: float) -> torch.Tensor:
+    """(1 + t) * cond - t * uncond; conditional rows first, unconditional second."""
+    B = logits_2BlV.shape[0] // 2
+    return (1 + t) * logits_2BlV[:B] - t * logits_2BlV[B:]
+
+
+def top_k_top_p_(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
+    """Mask (in place, with -inf) all but the top_k tokens, then all outside the top_p mass."""
+    V = logits_BlV.shape[-1]
+    if top_k > 0:
+        kth = logits_BlV.topk(min(top_k, V), largest=True, sorted=False, dim=-1)[0].amin(dim=-1, keepdim=True)
+        logits_BlV.masked_fill_(logits_BlV < kth, -torch.inf)
+    if top_p > 0:
+        sorted_logits, sorted_idx = logits_BlV.sort(dim=-1, descending=False)
+        remove_sorted = sorted_logits.softmax(dim=-1).cumsum_(dim=-1) <= (1 - top_p)
+        remove_sorted[..., -1:] = False  # always keep the most likely token
+        logits_BlV.masked_fill_(remove_sorted.scatter(-1, sorted_idx, remove_sorted), -torch.inf)
+    return logits_BlV
+
+
+def draw_tokens(logits_BlV: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One multinomial draw per token (B, l), from a single (B*l, V) call as the release does."""
+    B, l, V = logits_BlV.shape
+    probs = logits_BlV.softmax(dim=-1).view(-1, V)
+    return torch.multinomial(probs, num_samples=1, replacement=True, generator=generator).view(B, l)
+
+
+def gumbel_smooth(logits_BlV: torch.Tensor, ratio: float, codebook_VC: torch.Tensor,
+                  generator: torch.Generator | None) -> torch.Tensor:
+    """Soft token embeddings (B, l, C) by gumbel-softmax with the release's temperature schedule."""
+    tau = max(0.27 * (1 - ratio * 0.95), 0.005)
+    logits = logits_BlV.mul(1 + ratio)
+    noise = torch.empty_like(logits).exponential_(generator=generator).log().neg()
+    return ((logits + noise) / tau).softmax(dim=-1) @ codebook_VC.unsqueeze(0)

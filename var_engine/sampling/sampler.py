@@ -1,0 +1,158 @@
+"""The scale loop: guided next-scale sampling with a static KV cache and hook points.
+
+Add-ons plug in through two small interfaces chosen before the loop:
+- a `LayerPlan` (scale_index -> blocks to run) for depth-switchable subnets;
+- `ScaleHook`s called after each scale, which may return population indices to keep
+  (repeats allowed, any length up to the current batch) for search methods.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+import torch
+
+from ..cache import KVCache
+from ..config import SamplingConfig
+from ..tokenizer.quantizer import MultiScaleQuantizer
+from ..transformer import VARTransformer
+from .logits import cfg_mix, draw_tokens, guidance_scale, gumbel_smooth, top_k_top_p_
+
+LayerPlan = Callable[[int], "Sequence[int] | None"]  # scale_index -> blocks to run (None: all)
+
+
+@dataclass
+class ScaleStep:
+    """What a hook sees after scale `scale_index` (batch B = current population)."""
+
+    scale_index: int
+    idx_Bl: torch.Tensor  # tokens drawn at this scale
+    logits_BlV: torch.Tensor  # guided logits after top-k/top-p filtering
+    f_hat_BChw: torch.Tensor  # accumulated latent so far
+    labels_B: torch.Tensor
+    tokens_BL: torch.Tensor  # all tokens drawn so far, coarse to fine
+
+
+class ScaleHook(Protocol):
+    def after_scale(self, step: ScaleStep) -> torch.Tensor | None:
+        """Return population indices to continue with, or None to keep the population."""
+
+
+@dataclass
+class ScaleStats:
+    scale_index: int
+    patch_num: int
+    batch: int
+    tokens: int  # tokens generated at this scale (batch * pn^2)
+    seconds: float
+    kv_bytes: int  # bytes held by the cache after this scale
+    layers: int  # blocks run at this scale
+
+
+@dataclass
+class SampleResult:
+    tokens: torch.Tensor  # (B, L)
+    f_hat: torch.Tensor  # (B, C, h, w)
+    labels: torch.Tensor  # (B,)
+    per_scale: list[ScaleStats] = field(default_factory=list)
+    kv_peak_bytes: int = 0
+    seconds: float = 0.0
+
+
+def layer_capacities(plan: LayerPlan | None, depth: int, scale_ends: Sequence[int]) -> list[int]:
+    """Tokens each layer must cache: up to the end of the last scale it runs.
+
+    A plan must never run a layer again after skipping it (its cache would have a hole).
+    """
+    caps = [0] * depth
+    for layer in range(depth):
+        stopped = False
+        for si, end in enumerate(scale_ends):
+            layers = range(depth) if plan is None else plan(si)
+            runs = layers is None or layer in layers
+            if runs and stopped:
+                raise ValueError(f"layer plan runs layer {layer} at scale {si} after skipping it")
+            if runs:
+                caps[layer] = end
+            else:
+                stopped = True
+    return caps
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def sample(transformer: VARTransformer, quantizer: MultiScaleQuantizer, labels_B: torch.Tensor,
+           settings: SamplingConfig, *, generator: torch.Generator | None = None,
+           layer_plan: LayerPlan | None = None, hooks: Sequence[ScaleHook] = ()) -> SampleResult:
+    """Sample token maps for `labels_B` scale by scale; returns tokens and the final f_hat.
+
+    Parity with the release: the same generator draws one multinomial per scale over the
+    (B*l, V) guided probabilities. With cfg == 0 the unconditional half is skipped (identical
+    tokens, half the work).
+    """
+    cfg_t = transformer.cfg
+    device = transformer.pos_1LC.device
+    patch_nums, K = cfg_t.patch_nums, cfg_t.num_scales
+    ranges = cfg_t.scale_ranges()
+    labels_B = labels_B.to(device)
+    B = labels_B.shape[0]
+    guided = settings.cfg != 0
+    halves = 2 if guided else 1
+
+    t0 = time.perf_counter()
+    rows = torch.cat((labels_B, torch.full_like(labels_B, cfg_t.num_classes))) if guided else labels_B
+    cond = transformer.condition(rows)
+    cache = KVCache(batch=B, num_heads=cfg_t.num_heads, head_dim=cfg_t.head_dim,
+                    capacities=layer_capacities(layer_plan, cfg_t.depth, [e for _, e in ranges]),
+                    cfg_factor=halves, dtype=cond.cond_BD.dtype, device=device)
+    H = patch_nums[-1]
+    f_hat = cond.cond_BD.new_zeros(B, cfg_t.z_channels, H, H)
+    x = transformer.first_input(cond)
+    drawn: list[torch.Tensor] = []
+    per_scale: list[ScaleStats] = []
+    labels = labels_B
+    for si, pn in enumerate(patch_nums):
+        ts = time.perf_counter()
+        layers = None if layer_plan is None else layer_plan(si)
+        logits = transformer.step(x, si, cond, cache, layers)
+        ratio = si / (K - 1)
+        if guided:
+            logits = cfg_mix(logits, guidance_scale(settings.cfg, si, K))
+        logits = top_k_top_p_(logits, settings.top_k, settings.top_p)
+        idx_Bl = draw_tokens(logits, generator)
+        if settings.more_smooth:
+            h = gumbel_smooth(logits, ratio, quantizer.embedding.weight, generator)  # (B, l, C)
+            h_BChw = h.transpose(1, 2).reshape(-1, cfg_t.z_channels, pn, pn)
+        else:
+            h_BChw = quantizer.embed(idx_Bl, pn)
+        drawn.append(idx_Bl)
+        next_map = quantizer.next_scale_input(si, f_hat, h_BChw)
+        for hook in hooks:
+            keep = hook.after_scale(ScaleStep(si, idx_Bl, logits, f_hat, labels, torch.cat(drawn, 1)))
+            if keep is None:
+                continue
+            keep = keep.to(device=device, dtype=torch.long)
+            drawn = [d.index_select(0, keep) for d in drawn]
+            f_hat = f_hat.index_select(0, keep)
+            next_map = next_map.index_select(0, keep)
+            labels = labels.index_select(0, keep)
+            cond_rows = torch.cat([keep + h_ * cache.batch for h_ in range(halves)])
+            cond = cond.index_select(cond_rows)
+            cache.reindex(keep)
+        if si + 1 < K:
+            # release caches of layers no later scale runs
+            cache.release(l for l, cap in enumerate(cache.capacities) if 0 < cap <= ranges[si][1])
+            x = transformer.scale_input(next_map, si + 1)
+            if guided:
+                x = x.repeat(2, 1, 1)
+        _sync(device)
+        per_scale.append(ScaleStats(si, pn, labels.shape[0], labels.shape[0] * pn * pn,
+                                    time.perf_counter() - ts, cache.nbytes(),
+                                    cfg_t.depth if layers is None else len(layers)))
+    return SampleResult(torch.cat(drawn, 1), f_hat, labels, per_scale, cache.peak_bytes,
+                        time.perf_counter() - t0)

@@ -1,0 +1,88 @@
+"""The VQVAE tokenizer: images <-> multi-scale tokens (concatenated coarse to fine)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import TokenizerConfig
+from ..errors import InputError
+from .quantizer import MultiScaleQuantizer
+from .vqvae import Decoder, Encoder
+
+
+@dataclass
+class TokenizerOutput:
+    recon: torch.Tensor  # (B, 3, H, W), unclamped
+    vq_loss: torch.Tensor
+    hits_SV: torch.Tensor
+
+
+class Tokenizer(nn.Module):
+    """Multi-scale residual VQVAE; attribute names match the release ('encoder', 'quantize', ...)."""
+
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.quantize = MultiScaleQuantizer(cfg)
+        ks = cfg.quant_conv_ks
+        self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, ks, stride=1, padding=ks // 2)
+        self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, ks, stride=1, padding=ks // 2)
+
+    @property
+    def patch_nums(self) -> tuple[int, ...]:
+        return self.cfg.patch_nums
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        size = self.cfg.image_size
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != size or images.shape[3] != size:
+            raise InputError(f"expected images of shape (B, 3, {size}, {size}), got {tuple(images.shape)}")
+
+    def encode_latent(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] -> continuous latent f (B, C, h, w)."""
+        self._check_images(images)
+        return self.quant_conv(self.encoder(images))
+
+    @torch.no_grad()
+    def encode_scales(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Images -> one (B, pn*pn) token map per scale."""
+        return self.quantize.f_to_idx(self.encode_latent(images))
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] -> tokens (B, L) int64."""
+        return torch.cat(self.encode_scales(images), dim=1)
+
+    def split(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """(B, L) -> one (B, pn*pn) map per scale; raises InputError on a wrong length or id."""
+        L = self.cfg.num_tokens
+        if tokens.ndim != 2 or tokens.shape[1] != L:
+            raise InputError(f"expected tokens of shape (B, {L}), got {tuple(tokens.shape)}")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.vocab_size):
+            raise InputError(f"token ids must be in [0, {self.cfg.vocab_size})")
+        return list(tokens.split([p * p for p in self.patch_nums], dim=1))
+
+    def tokens_to_fhat(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, L) -> accumulated latent f_hat (B, C, h, w)."""
+        return self.quantize.idx_to_fhat(self.split(tokens))
+
+    def fhat_to_images(self, f_hat: torch.Tensor) -> torch.Tensor:
+        """f_hat -> images (B, 3, H, W) clamped to [-1, 1]."""
+        return self.decoder(self.post_quant_conv(f_hat)).clamp_(-1, 1)
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, L) -> images (B, 3, H, W) in [-1, 1]."""
+        return self.fhat_to_images(self.tokens_to_fhat(tokens))
+
+    def teacher_input(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, L) -> the transformer's teacher-forcing input (B, L - first_l, z_channels)."""
+        return self.quantize.teacher_input(self.split(tokens))
+
+    def forward(self, images: torch.Tensor) -> TokenizerOutput:
+        """Training pass: reconstruction through the straight-through quantizer."""
+        q = self.quantize(self.encode_latent(images))
+        return TokenizerOutput(self.decoder(self.post_quant_conv(q.f_hat)), q.vq_loss, q.hits_SV)

@@ -1,0 +1,160 @@
+"""Convolutional encoder and decoder of the VQVAE: image_B3HW <-> f_BChw.
+
+Module names follow the official release so that its state dicts load unchanged.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import TokenizerConfig
+
+
+def _norm(channels: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
+
+
+class Upsample2x(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=1, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class Downsample2x(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # asymmetric padding (right/bottom only), as the released weights expect
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, dropout: float, groups: int):
+        super().__init__()
+        self.norm1 = _norm(in_channels, groups)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        self.norm2 = _norm(out_channels, groups)
+        self.dropout = nn.Dropout(dropout) if dropout > 1e-6 else nn.Identity()
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        self.nin_shortcut = (nn.Conv2d(in_channels, out_channels, kernel_size=1)
+                             if in_channels != out_channels else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.nin_shortcut(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head spatial self-attention over all h*w positions."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.norm = _norm(channels, groups)
+        self.qkv = nn.Conv2d(channels, 3 * channels, kernel_size=1)
+        self.proj_out = nn.Conv2d(channels, channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).transpose(2, 3)  # (B, 3, HW, C)
+        q, k, v = qkv.unbind(1)
+        h = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
+        return x + self.proj_out(h.transpose(1, 2).reshape(B, C, H, W))
+
+
+def _attn(channels: int, enabled: bool, groups: int) -> nn.Module:
+    return AttnBlock(channels, groups) if enabled else nn.Identity()
+
+
+class Encoder(nn.Module):
+    """image (B, 3, H, W) in [-1, 1] -> latent (B, z_channels, H/ds, W/ds)."""
+
+    def __init__(self, cfg: TokenizerConfig, in_channels: int = 3):
+        super().__init__()
+        ch, ch_mult, g = cfg.ch, cfg.ch_mult, cfg.norm_groups
+        self.num_resolutions, self.num_res_blocks = len(ch_mult), cfg.num_res_blocks
+        self.conv_in = nn.Conv2d(in_channels, ch, kernel_size=3, stride=1, padding=1)
+        in_ch_mult = (1,) + tuple(ch_mult)
+        self.down = nn.ModuleList()
+        block_in = ch
+        for level in range(self.num_resolutions):
+            block, attn = nn.ModuleList(), nn.ModuleList()
+            block_in, block_out = ch * in_ch_mult[level], ch * ch_mult[level]
+            last = level == self.num_resolutions - 1
+            for _ in range(self.num_res_blocks):
+                block.append(ResnetBlock(block_in, block_out, cfg.dropout, g))
+                block_in = block_out
+                if last and cfg.using_sa:
+                    attn.append(AttnBlock(block_in, g))
+            down = nn.Module()
+            down.block, down.attn = block, attn
+            if not last:
+                down.downsample = Downsample2x(block_in)
+            self.down.append(down)
+        self.mid = nn.Module()
+        self.mid.block_1 = ResnetBlock(block_in, block_in, cfg.dropout, g)
+        self.mid.attn_1 = _attn(block_in, cfg.using_mid_sa, g)
+        self.mid.block_2 = ResnetBlock(block_in, block_in, cfg.dropout, g)
+        self.norm_out = _norm(block_in, g)
+        self.conv_out = nn.Conv2d(block_in, cfg.z_channels, kernel_size=3, stride=1, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for level, down in enumerate(self.down):
+            for i, block in enumerate(down.block):
+                h = block(h)
+                if len(down.attn):
+                    h = down.attn[i](h)
+            if level != self.num_resolutions - 1:
+                h = down.downsample(h)
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    """latent (B, z_channels, h, w) -> image (B, 3, h*ds, w*ds), unclamped."""
+
+    def __init__(self, cfg: TokenizerConfig, out_channels: int = 3):
+        super().__init__()
+        ch, ch_mult, g = cfg.ch, cfg.ch_mult, cfg.norm_groups
+        self.num_resolutions = len(ch_mult)
+        block_in = ch * ch_mult[-1]
+        self.conv_in = nn.Conv2d(cfg.z_channels, block_in, kernel_size=3, stride=1, padding=1)
+        self.mid = nn.Module()
+        self.mid.block_1 = ResnetBlock(block_in, block_in, cfg.dropout, g)
+        self.mid.attn_1 = _attn(block_in, cfg.using_mid_sa, g)
+        self.mid.block_2 = ResnetBlock(block_in, block_in, cfg.dropout, g)
+        self.up = nn.ModuleList()
+        for level in reversed(range(self.num_resolutions)):
+            block, attn = nn.ModuleList(), nn.ModuleList()
+            block_out = ch * ch_mult[level]
+            for _ in range(cfg.num_res_blocks + 1):
+                block.append(ResnetBlock(block_in, block_out, cfg.dropout, g))
+                block_in = block_out
+                if level == self.num_resolutions - 1 and cfg.using_sa:
+                    attn.append(AttnBlock(block_in, g))
+            up = nn.Module()
+            up.block, up.attn = block, attn
+            if level != 0:
+                up.upsample = Upsample2x(block_in)
+            self.up.insert(0, up)  # keep official indexing: up[0] is the finest level
+        self.norm_out = _norm(block_in, g)
+        self.conv_out = nn.Conv2d(block_in, out_channels, kernel_size=3, stride=1, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(self.conv_in(z))))
+        for level in reversed(range(self.num_resolutions)):
+            up = self.up[level]
+            for i, block in enumerate(up.block):
+                h = block(h)
+                if len(up.attn):
+                    h = up.attn[i](h)
+            if level != 0:
+                h = up.upsample(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
