@@ -180,18 +180,25 @@ def load_weights(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str) ->
 
 
 # ----------------------------------------------------------------------------- own format
+def write_tensors(directory: Path, name: str, module: nn.Module, dtype: torch.dtype | None = None) -> Path:
+    """Atomically write a module's state dict as `<name>.safetensors` (floats cast to `dtype` if given)."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
+          for k, v in module.state_dict().items()}
+    tmp = directory / f".{name}.safetensors.tmp"
+    save_file(sd, str(tmp), metadata={"format": FORMAT_NAME})
+    tmp.replace(directory / f"{name}.safetensors")
+    return directory / f"{name}.safetensors"
+
+
 def save_pretrained(directory: str | Path, config: ModelConfig, components: Mapping[str, nn.Module],
                     extra_config: Mapping[str, Any] | None = None) -> Path:
     """Write `config.json` and one `<name>.safetensors` per component (e.g. tokenizer, transformer)."""
-    from safetensors.torch import save_file
-
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     for name, module in components.items():
-        sd = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-        tmp = directory / f".{name}.safetensors.tmp"
-        save_file(sd, str(tmp), metadata={"format": FORMAT_NAME})
-        tmp.replace(directory / f"{name}.safetensors")
+        write_tensors(directory, name, module)
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **config.to_dict(),
             "components": sorted(set(components) | set(_existing_components(directory))),
             **dict(extra_config or {})}
@@ -237,3 +244,29 @@ def read_component(directory: str | Path, name: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{directory}: component {name!r} not found ({path.name})")
     return read_state_dict(path)
+
+
+# ----------------------------------------------------------------------------- single components
+def save_module(directory: str | Path, name: str, module: nn.Module, config: Mapping[str, Any]) -> Path:
+    """Write `<name>.safetensors` and `<name>.json` (its config) into `directory`."""
+    directory = Path(directory)
+    write_tensors(directory, name, module)
+    tmp = directory / f".{name}.json.tmp"
+    tmp.write_text(json.dumps({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **dict(config)}, indent=1))
+    tmp.replace(directory / f"{name}.json")
+    return directory
+
+
+def read_module_config(directory: str | Path, name: str) -> dict[str, Any]:
+    """The JSON config written beside `<name>.safetensors` by `save_module`."""
+    path = Path(directory).expanduser() / f"{name}.json"
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: {path.name} not found")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: invalid JSON ({e})") from e
+    if not isinstance(meta, dict) or meta.pop("format", None) != FORMAT_NAME:
+        raise CheckpointError(f"{path}: not a var-engine file")
+    meta.pop("format_version", None)
+    return meta

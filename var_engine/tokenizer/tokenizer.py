@@ -17,6 +17,7 @@ class TokenizerOutput:
     recon: torch.Tensor  # (B, 3, H, W), unclamped
     vq_loss: torch.Tensor
     hits_SV: torch.Tensor
+    latent: torch.Tensor  # encoder output f (B, C, h, w), before quantization
 
 
 class Tokenizer(nn.Module):
@@ -84,5 +85,6 @@ class Tokenizer(nn.Module):
 
     def forward(self, images: torch.Tensor) -> TokenizerOutput:
         """Training pass: reconstruction through the straight-through quantizer."""
-        q = self.quantize(self.encode_latent(images))
-        return TokenizerOutput(self.decoder(self.post_quant_conv(q.f_hat)), q.vq_loss, q.hits_SV)
+        f = self.encode_latent(images)
+        q = self.quantize(f)
+        return TokenizerOutput(self.decoder(self.post_quant_conv(q.f_hat)), q.vq_loss, q.hits_SV, f)

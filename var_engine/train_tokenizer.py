@@ -1,0 +1,156 @@
+"""Training the multi-scale VQVAE tokenizer from scratch (reconstruction + VQ losses)."""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from .checkpoints import read_module_config, save_module, load_weights, read_component
+from .config import TokenizerConfig
+from .images import save_grid
+from .tokenizer import Tokenizer
+from .training import (DistContext, MetricsLog, TrainConfig, infinite_batches, load_state, lr_at,
+                       make_optimizer, run_fingerprint, save_state, seed_everything)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TokenizerLoss:
+    l1_weight: float = 1.0
+    l2_weight: float = 1.0
+    dead_code_every: int = 100  # restart codes unused over the recent steps (0: never)
+    dead_code_threshold: float = 0.03  # EMA hits per step below which a code counts as dead
+
+
+def psnr(recon: torch.Tensor, images: torch.Tensor) -> float:
+    """PSNR in dB of images in [-1, 1] (computed on [0, 1])."""
+    mse = F.mse_loss(recon.clamp(-1, 1), images).item() / 4
+    return 10 * math.log10(1 / max(mse, 1e-12))
+
+
+@torch.no_grad()
+def restart_dead_codes(tok: Tokenizer, latents: torch.Tensor, threshold: float, ctx: DistContext,
+                       generator: torch.Generator) -> int:
+    """Replace codes whose usage EMA is below `threshold` by random encoder latent vectors."""
+    q = tok.quantize
+    usage_V = q.ema_vocab_hit_SV.sum(0)
+    dead = torch.nonzero(usage_V < threshold).flatten()
+    if dead.numel():
+        vectors = latents.permute(0, 2, 3, 1).reshape(-1, q.Cvae)
+        pick = torch.randint(0, vectors.shape[0], (dead.numel(),), generator=generator).to(vectors.device)
+        noise = torch.randn(dead.numel(), q.Cvae, generator=generator).to(vectors.device) * 0.01
+        q.embedding.weight[dead] = vectors[pick] + noise * vectors.std()
+        q.ema_vocab_hit_SV[:, dead] = threshold * 4 / q.num_scales  # give restarted codes time
+    if ctx.distributed:
+        dist.broadcast(q.embedding.weight.data, 0)
+        dist.broadcast(q.ema_vocab_hit_SV, 0)
+    return int(dead.numel())
+
+
+@torch.no_grad()
+def evaluate_tokenizer(tok: Tokenizer, images: torch.Tensor, batch_size: int = 256) -> dict[str, float]:
+    """Held-out PSNR and codebook usage (% of codes used by the held-out tokens)."""
+    tok.eval()
+    dev = next(tok.parameters()).device
+    used = torch.zeros(tok.cfg.vocab_size, dtype=torch.bool, device=dev)
+    se, n = 0.0, 0
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].to(dev)
+        tokens = tok.encode(x)
+        used[tokens.flatten()] = True
+        rec = tok.decode(tokens)
+        se += F.mse_loss(rec, x, reduction="sum").item() / 4
+        n += x.numel()
+    return {"psnr": 10 * math.log10(1 / max(se / n, 1e-12)), "codebook_usage": 100 * used.float().mean().item()}
+
+
+def train_tokenizer(tok_cfg: TokenizerConfig, cfg: TrainConfig, dataset: Dataset,
+                    heldout: torch.Tensor | None = None, loss_cfg: TokenizerLoss | None = None,
+                    progress: bool = True) -> Tokenizer:
+    """Train (or resume) a tokenizer in cfg.out_dir; saves `tokenizer.safetensors` + `tokenizer.json`."""
+    loss_cfg = loss_cfg or TokenizerLoss()
+    ctx = DistContext(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed + ctx.rank)
+    out = Path(cfg.out_dir)
+    model = Tokenizer(tok_cfg).to(ctx.device)
+    ddp = ctx.wrap(model)
+    opt = make_optimizer(model.parameters(), cfg)
+    fingerprint = run_fingerprint(cfg, ctx.world_size, tokenizer=tok_cfg, loss=loss_cfg)
+    step, _ = load_state(out, fingerprint, model, opt, None)
+    train_log, eval_log = MetricsLog(out, "train", ctx.is_main), MetricsLog(out, "eval", ctx.is_main)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    batches = infinite_batches(dataset, cfg, ctx, step)
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=step, desc="tokenizer", disable=not (progress and ctx.is_main))
+    while step < cfg.steps:
+        model.train()
+        images = next(batches)[0].to(ctx.device, non_blocking=True)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        res = ddp(images)
+        rec = res.recon
+        loss = (loss_cfg.l1_weight * F.l1_loss(rec, images) + loss_cfg.l2_weight * F.mse_loss(rec, images)
+                + res.vq_loss)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        with torch.no_grad():
+            hits = res.hits_SV.detach()
+            if ctx.distributed:
+                dist.all_reduce(hits)
+            ema = model.quantize.ema_vocab_hit_SV
+            ema.copy_(hits if step == 0 else ema * 0.97 + hits * 0.03)
+        step += 1
+        restarted = 0
+        if loss_cfg.dead_code_every and step % loss_cfg.dead_code_every == 0 and step < cfg.steps * 0.9:
+            restarted = restart_dead_codes(model, res.latent.detach(), loss_cfg.dead_code_threshold, ctx, gen)
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            row = {"step": step, "loss": loss.item(), "vq_loss": res.vq_loss.item(), "psnr": psnr(rec.detach(), images),
+                   "lr": lr_at(step - 1, cfg), "restarted_codes": restarted,
+                   "active_codes": int((model.quantize.ema_vocab_hit_SV.sum(0) >= loss_cfg.dead_code_threshold).sum())}
+            train_log.write(row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", psnr=f"{row['psnr']:.1f}")
+        if ctx.is_main and heldout is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+            metrics = evaluate_tokenizer(model, heldout)
+            eval_log.write({"step": step, **metrics})
+            x = heldout[:16].to(ctx.device)
+            with torch.no_grad():
+                save_grid(torch.cat([x, model.decode(model.encode(x))]).add(1).mul(0.5).cpu(),
+                          out / f"recon_{step:06d}.png", nrow=16)
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            if ctx.is_main:
+                save_state(out, step=step, fingerprint=fingerprint, model=model, optimizer=opt, ema=None)
+            ctx.barrier()
+    bar.close()
+    model.eval()
+    if ctx.is_main:
+        save_module(out, "tokenizer", model, tok_cfg.to_dict())
+    ctx.barrier()
+    return model
+
+
+def load_tokenizer(directory: str | Path) -> Tokenizer:
+    """A tokenizer saved by `train_tokenizer` (or the tokenizer of a full checkpoint directory)."""
+    from .checkpoints import adapt_tokenizer_state_dict, read_model_config
+
+    directory = Path(directory)
+    if (directory / "tokenizer.json").is_file():
+        cfg = TokenizerConfig.from_dict(read_module_config(directory, "tokenizer"))
+    else:
+        cfg = read_model_config(directory).tokenizer
+    tok = Tokenizer(cfg)
+    load_weights(tok, adapt_tokenizer_state_dict(read_component(directory, "tokenizer"), tok), "tokenizer")
+    return tok.eval()
