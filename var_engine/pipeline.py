@@ -93,7 +93,12 @@ class Pipeline:
                      "tokenizer")
         load_weights(transformer, read_component(directory, "transformer"), "transformer")
         meta["path"] = str(directory)
-        return cls(tokenizer, transformer, config, meta=meta).to(device)
+        components = {}
+        if (directory / "evaluator.safetensors").is_file():
+            from .evaluator import load_evaluator
+
+            components["evaluator"] = load_evaluator(directory)
+        return cls(tokenizer, transformer, config, components, meta).to(device)
 
     def save_pretrained(self, directory: str | Path, extra_config: dict[str, Any] | None = None) -> Path:
         return save_pretrained(directory, self.config,

@@ -30,10 +30,10 @@ echo "tokenizer: $((SECONDS - T0)) s"
 T1=$SECONDS
 # 3) transformer: depth 8, width 128, as a VARiant supernet (subnets 4 and 2, progressive schedule)
 $VE train --tokenizer "$RUN/tokenizer" --out "$RUN/model" --device "$DEVICE" \
-  --depth 8 --width 128 --heads 4 --augment-copies 8 \
+  --depth 8 --width 128 --heads 4 --augment-copies 4 \
   --supernet --depths 4,2 --switch-scales 3,4,5 --schedule progressive \
-  --steps "$(steps 10000)" --batch-size 256 --lr 1.5e-3 --warmup-steps 500 --ema 0.999 \
-  --eval-every 2500 --ckpt-every 2000 --log-every 100 --save-dtype float16 --no-progress
+  --steps "$(steps 3000)" --batch-size 256 --lr 1.5e-3 --warmup-steps 300 --ema 0.998 \
+  --eval-every 1500 --ckpt-every 1000 --log-every 100 --save-dtype float16 --no-progress
 
 echo "transformer: $((SECONDS - T1)) s"
 wait $EVAL_PID

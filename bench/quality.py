@@ -1,0 +1,86 @@
+"""Quality of a var-engine model on the default data: tokenizer PSNR / codebook usage, and for
+generated images the evaluator's class accuracy and FID-style distance to held-out digits, next
+to the real-vs-real floor. Usage: python -m bench.quality [--checkpoint DIR] [--per-class 100]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from bench.common import markdown_table, write_results
+from var_engine import Pipeline
+from var_engine.data import DigitsDataset
+from var_engine.evaluator import FeatureExtractor, accuracy
+from var_engine.images import save_grid
+from var_engine.metrics import batches, frechet_distance
+from var_engine.train_tokenizer import evaluate_tokenizer
+from var_engine.variant import DepthPlan
+
+
+def generate_set(pipe: Pipeline, per_class: int, cfg: float, seed: int, plan=None, batch: int = 200):
+    """per_class images of every class; image i of class c has a fixed seed stream per batch."""
+    labels = torch.arange(pipe.config.num_classes).repeat_interleave(per_class)
+    images = []
+    for i in range(0, len(labels), batch):
+        out = pipe.generate(labels[i:i + batch], seed=seed + i, cfg=cfg, layer_plan=plan)
+        images.append(out.images.cpu())
+    return torch.cat(images), labels
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--per-class", type=int, default=100)
+    p.add_argument("--cfgs", default="1.0,1.5,2.0,3.0")
+    p.add_argument("--depths", default="", help="also measure these subnet depths (e.g. 4,2)")
+    p.add_argument("--switch-scale", type=int, default=4)
+    p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--grid", default=None, help="write a 10 x 8 sample grid PNG here")
+    p.add_argument("--out-name", default="quality")
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = Pipeline.from_pretrained(args.checkpoint)
+    evaluator = pipe.components.get("evaluator")
+    if evaluator is None:
+        raise SystemExit("this checkpoint ships no evaluator (train one with var-engine train-evaluator)")
+    feats = FeatureExtractor(evaluator)
+    held_x, held_y = DigitsDataset("heldout").tensors()
+    train_x, train_y = DigitsDataset("train").tensors()
+    held01, train01 = held_x.add(1).mul(0.5), train_x.add(1).mul(0.5)
+
+    tok = evaluate_tokenizer(pipe.tokenizer, held_x)
+    floor = frechet_distance(feats, batches(held01), batches(train01))
+    rows = [{"set": "real train (floor)", "cfg": "", "depth": "", "accuracy": accuracy(evaluator, train01, train_y),
+             "fid_evaluator": floor, "s_per_image": ""}]
+    D = pipe.config.depth
+    depths = [D] + [int(d) for d in args.depths.split(",") if d]
+    cfgs = [float(c) for c in args.cfgs.split(",") if c]
+    for depth in depths:
+        plan = None if depth == D else DepthPlan(D, depth, args.switch_scale, pipe.config.patch_nums)
+        for cfg in cfgs:
+            t0 = time.perf_counter()
+            images, labels = generate_set(pipe, args.per_class, cfg, args.seed, plan)
+            dt = (time.perf_counter() - t0) / len(images)
+            rows.append({"set": "generated", "cfg": cfg, "depth": depth if plan else f"{D} (full)",
+                         "accuracy": accuracy(evaluator, images, labels),
+                         "fid_evaluator": frechet_distance(feats, batches(held01), batches(images)),
+                         "s_per_image": dt})
+            print(rows[-1], flush=True)
+    if args.grid:
+        images, _ = generate_set(pipe, 8, 1.5, 0)
+        save_grid(images, args.grid, nrow=8)
+    table = (f"Tokenizer: held-out PSNR {tok['psnr']:.2f} dB, codebook usage {tok['codebook_usage']:.1f}% "
+             f"of {pipe.config.tokenizer.vocab_size} codes\n\n"
+             f"Generated: {args.per_class} per class; FID-style distance from the shipped evaluator's features "
+             f"against {len(held01)} held-out digits (not comparable to Inception FID).\n\n"
+             + markdown_table(rows, ["set", "depth", "cfg", "accuracy", "fid_evaluator", "s_per_image"]))
+    write_results(args.out_name, {"checkpoint": pipe.meta.get("path"), "tokenizer": tok, "rows": rows,
+                                  "per_class": args.per_class, "switch_scale": args.switch_scale}, table)
+
+
+if __name__ == "__main__":
+    main()
