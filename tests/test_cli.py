@@ -1,0 +1,46 @@
+import pytest
+from PIL import Image
+
+from var_engine.cli import main
+
+
+@pytest.fixture
+def default_model():
+    from var_engine import default_checkpoint_dir
+
+    if not (default_checkpoint_dir() / "config.json").is_file():
+        pytest.skip("embedded default model not present")
+
+
+def test_generate_grid_and_folder(default_model, tmp_path):
+    out = tmp_path / "grid.png"
+    assert main(["generate", "--class", "3", "--num", "4", "--seed", "0", "--cfg", "1.5", "-o", str(out), "--quiet"]) == 0
+    assert Image.open(out).format == "PNG"
+    assert main(["generate", "--class", "1", "--class", "2", "--num", "2", "--outdir", str(tmp_path / "d"), "--quiet"]) == 0
+    assert len(list((tmp_path / "d").glob("*.png"))) == 4
+
+
+def test_info(default_model, capsys):
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert "KV / image" in text and "parameters" in text
+
+
+def test_bad_class_is_a_message_not_a_traceback(default_model, tmp_path, capsys):
+    assert main(["generate", "--class", "42", "-o", str(tmp_path / "x.png"), "--quiet"]) == 2
+    assert "out of range" in capsys.readouterr().err
+
+
+def test_missing_checkpoint_message(tmp_path, capsys):
+    assert main(["info", str(tmp_path)]) == 2
+    assert "not a var-engine checkpoint" in capsys.readouterr().err
+
+
+def test_official_checkpoint_via_cli(tmp_path, capsys):
+    from conftest import reference_dir
+
+    root = reference_dir()
+    args = ["--official-vae", str(root / "vae.safetensors"), "--official-var", str(root / "tiny64_d2" / "var.pth"),
+            "--patch-nums", "1,2,3,4"]
+    assert main(["info", *args]) == 0
+    assert main(["generate", *args, "--class", "917", "--num", "2", "-o", str(tmp_path / "o.png"), "--quiet"]) == 0
