@@ -229,8 +229,8 @@ def run_fingerprint(cfg: TrainConfig, world_size: int, **parts: Any) -> dict[str
     """What must match for a resume: the optimisation settings that change the result, and `parts`."""
     ignored = {"out_dir", "device", "threads", "num_workers", "eval_every", "ckpt_every", "log_every"}
     train = {k: v for k, v in config_dict(cfg).items() if k not in ignored}
-    return {"train": train, "world_size": world_size,
-            **{k: config_dict(v) if hasattr(v, "__dataclass_fields__") else v for k, v in parts.items()}}
+    parts = {k: config_dict(v) if hasattr(v, "__dataclass_fields__") else v for k, v in parts.items()}
+    return json.loads(json.dumps({"train": train, "world_size": world_size, **parts}))  # as stored
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
