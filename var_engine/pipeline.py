@@ -54,7 +54,7 @@ class Pipeline:
 
     def __init__(self, tokenizer: Tokenizer, transformer: VARTransformer, config: ModelConfig,
                  components: dict[str, torch.nn.Module] | None = None, meta: dict[str, Any] | None = None):
-        self.tokenizer = tokenizer.eval()
+        self.tokenizer = tokenizer.eval().set_channels_last(True)
         self.transformer = transformer.eval()
         self.config = config
         self.components = dict(components or {})  # extra modules shipped beside (e.g. an evaluator)

@@ -1,0 +1,92 @@
+"""Sampler speed and KV memory: var-engine's static-cache sampler vs a cat-growing reference on the
+same weights and seeds (tokens must be identical). Prints a table, writes bench/results/sampler.{json,md}.
+
+Usage: python -m bench.sampler [--models default,d16] [--batches 1,4] [--repeats 2] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from bench.baseline import sample_cat_cache
+from bench.common import markdown_table, write_results
+from var_engine import ModelConfig, Pipeline, TokenizerConfig, TransformerConfig
+from var_engine.tokenizer import Tokenizer
+from var_engine.transformer import VARTransformer
+
+
+def build(name: str) -> Pipeline:
+    """'default' (embedded model), or an official layout 'd16'/'d20'/... with random weights."""
+    if name == "default":
+        return Pipeline.from_pretrained()
+    torch.manual_seed(0)
+    var_cfg = TransformerConfig.from_preset(name)
+    tok_cfg = TokenizerConfig(patch_nums=var_cfg.patch_nums)
+    transformer = VARTransformer(var_cfg)
+    transformer.init_weights()
+    return Pipeline(Tokenizer(tok_cfg), transformer, ModelConfig(tok_cfg, var_cfg))
+
+
+def time_engine(pipe: Pipeline, labels: torch.Tensor, seed: int, cfg: float):
+    out = pipe.generate(labels, seed=seed, cfg=cfg, top_k=900, top_p=0.96)
+    s = out.stats
+    return out.tokens, s.transformer_seconds, s.decode_seconds, s.kv_bytes
+
+
+def time_reference(pipe: Pipeline, labels: torch.Tensor, seed: int, cfg: float):
+    g = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    tokens, f_hat, held = sample_cat_cache(pipe.transformer, pipe.tokenizer.quantize, labels, cfg, 900, 0.96, g)
+    t1 = time.perf_counter()
+    with torch.no_grad():
+        pipe.tokenizer.fhat_to_images(f_hat)
+    return tokens, t1 - t0, time.perf_counter() - t1, held
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--models", default="default,d16")
+    p.add_argument("--batches", default="1,4")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--cfg", type=float, default=1.5)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out-name", default="sampler")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    for name in args.models.split(","):
+        pipe = build(name)
+        L = pipe.config.transformer.num_tokens
+        for batch in (int(b) for b in args.batches.split(",")):
+            labels = torch.arange(batch) % pipe.config.num_classes
+            analytic = batch * pipe.kv_bytes_per_image(cfg=args.cfg)
+            results = {}
+            for impl, fn in (("var-engine", time_engine), ("cat-cache reference", time_reference)):
+                runs = [fn(pipe, labels, 7, args.cfg) for _ in range(args.repeats)]
+                tokens = runs[0][0]
+                tr = statistics.median(r[1] for r in runs)
+                de = statistics.median(r[2] for r in runs)
+                results[impl] = tokens
+                total = tr + de
+                rows.append({"model": name, "batch": batch, "impl": impl, "s_per_image": total / batch,
+                             "tokens_per_s": batch * L / tr, "transformer_s": tr, "decode_s": de,
+                             "decode_share": de / total, "kv_peak_bytes": runs[0][3], "kv_analytic_bytes": analytic,
+                             "kv_vs_analytic": runs[0][3] / analytic})
+                print(rows[-1], flush=True)
+            same = torch.equal(results["var-engine"], results["cat-cache reference"])
+            engine, ref = rows[-2], rows[-1]
+            engine["identical_tokens"] = ref["identical_tokens"] = same
+            engine["speedup_vs_reference"] = ref["s_per_image"] / engine["s_per_image"]
+    cols = ["model", "batch", "impl", "s_per_image", "speedup_vs_reference", "tokens_per_s", "transformer_s",
+            "decode_s", "decode_share", "kv_peak_bytes", "kv_analytic_bytes", "kv_vs_analytic", "identical_tokens"]
+    write_results(args.out_name, {"rows": rows, "cfg": args.cfg, "repeats": args.repeats},
+                  f"Sampler: static cache vs cat-growing reference (cfg {args.cfg}, top-k 900, top-p 0.96, "
+                  f"median of {args.repeats})\n\n" + markdown_table(rows, cols))
+
+
+if __name__ == "__main__":
+    main()
