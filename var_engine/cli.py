@@ -11,7 +11,8 @@ from typing import Sequence
 import torch
 
 from . import cli_train  # noqa: F401  (registers the training commands)
-from .cli_common import COMMANDS, add_model_args, add_sampling_args, command, load_pipeline
+from .cli_common import (COMMANDS, add_depth_args, add_model_args, add_sampling_args, command, depth_plan_from_args,
+                         load_pipeline)
 from .errors import VarEngineError
 
 log = logging.getLogger("var_engine")
@@ -27,6 +28,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         classes = [str(c) for c in range(pipe.config.num_classes)]
     labels = [c for c in classes for _ in range(args.num)]
     labels_t = pipe.parse_labels(labels)
+    plan = depth_plan_from_args(pipe, args, min(args.batch_size, len(labels)))
     images, done = [], 0
     from tqdm import tqdm
 
@@ -34,7 +36,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         for i in range(0, len(labels), args.batch_size):
             chunk = labels_t[i:i + args.batch_size]
             out = pipe.generate(chunk, seed=args.seed + i, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
-                                more_smooth=args.more_smooth)
+                                more_smooth=args.more_smooth, layer_plan=plan)
             images.append(out.images.cpu())
             done += len(chunk)
             bar.update(len(chunk))
@@ -53,6 +55,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def _configure_generate(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     add_sampling_args(p)
+    add_depth_args(p)
     p.add_argument("--class", dest="classes", action="append", default=None,
                    help="class id (repeatable; 'all' for every class; -1 or 'null' for unconditional)")
     p.add_argument("--num", type=int, default=4, help="images per class")

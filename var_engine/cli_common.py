@@ -57,3 +57,35 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=900)
     p.add_argument("--top-p", type=float, default=0.96)
     p.add_argument("--more-smooth", action="store_true", help="gumbel smoothing (visualisation only)")
+
+
+
+def parse_bytes(text: str) -> int:
+    """'200MB', '1.5GiB', '4096' -> bytes (k/M/G = powers of 1000, Ki/Mi/Gi = powers of 1024)."""
+    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+             "k": 10**3, "m": 10**6, "g": 10**9}
+    t = text.strip().lower().replace(" ", "")
+    num = t.rstrip("abgikm")
+    try:
+        value = float(num) * units[t[len(num):]]
+    except (KeyError, ValueError) as e:
+        raise argparse.ArgumentTypeError(f"expected a size like 200MB or 1.5GiB, got {text!r}") from e
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"size must be a positive number, got {text!r}")
+    return int(value)
+
+
+def add_depth_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("VARiant depth plans")
+    g.add_argument("--depth", type=int, default=None, help="subnet depth for the later scales (default: full)")
+    g.add_argument("--switch-scale", type=int, default=None, help="scales run at full depth before the switch")
+    g.add_argument("--memory-budget", type=parse_bytes, default=None,
+                   help="KV-cache budget per batch, e.g. 200MB: picks the deepest plan that fits")
+
+
+def depth_plan_from_args(pipe, args: argparse.Namespace, batch: int):
+    if args.memory_budget is not None:
+        if args.depth is not None or args.switch_scale is not None:
+            raise VarEngineError("--memory-budget chooses the depth plan itself; drop --depth/--switch-scale")
+        return pipe.plan_for_memory(batch, args.memory_budget, cfg=args.cfg)
+    return pipe.depth_plan(args.depth, args.switch_scale)

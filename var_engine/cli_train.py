@@ -116,14 +116,16 @@ def cmd_train(args: argparse.Namespace) -> int:
                                     attn_l2_norm=args.l2_norm, cond_drop_rate=args.cond_drop,
                                     vocab_size=tcfg.vocab_size, z_channels=tcfg.z_channels, patch_nums=tcfg.patch_nums)
     model_cfg = ModelConfig(tcfg, var_cfg)
-    plan = None
+    plan, extra = None, {}
     if args.supernet:
+        extra["variant"] = {"depths": list(args.depths), "switch_scales": list(args.switch_scales),
+                            "schedule": args.schedule, "switch_scale": max(args.switch_scales)}
         plan = SupernetPlan(var_cfg.depth, var_cfg.patch_nums, tuple(args.depths), tuple(args.switch_scales),
                             args.steps, SupernetSchedule.parse(args.schedule), seed=args.seed)
     cfg = train_config(args)
     model = train_transformer(model_cfg, tokenizer, cfg, train, heldout, plan=plan, init_from=init_from,
                               augment_copies=args.augment_copies, label_smoothing=args.label_smoothing,
-                              progress=not args.no_progress)
+                              extra_config=extra, progress=not args.no_progress)
     if args.save_dtype != "float32":
         from pathlib import Path
 

@@ -19,6 +19,7 @@ from .errors import CheckpointError, ConfigError, InputError
 from .sampling import LayerPlan, ScaleHook, ScaleStats, layer_capacities, sample
 from .tokenizer import Tokenizer
 from .transformer import VARTransformer
+from .variant import DepthPlan
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,57 @@ class Pipeline:
             g.manual_seed(seed)
         return g
 
+    # ------------------------------------------------------------------ depth plans (VARiant)
+    @property
+    def is_supernet(self) -> bool:
+        """True when the checkpoint was trained with subnet steps (its config records 'variant')."""
+        return bool(self.meta.get("variant"))
+
+    def default_switch_scale(self) -> int:
+        """The checkpoint's recorded switch scale, else 60% of the scales (6 of 10 as in the paper)."""
+        variant = self.meta.get("variant") or {}
+        if "switch_scale" in variant:
+            return int(variant["switch_scale"])
+        return max(1, round(0.6 * self.config.transformer.num_scales))
+
+    def depth_plan(self, depth: int | None, switch_scale: int | None = None) -> DepthPlan | None:
+        """Full depth up to `switch_scale` scales, then the equidistant depth-`depth` subnet (None: full)."""
+        D = self.config.depth
+        if depth is None or depth == D:
+            if depth is None and switch_scale is not None:
+                raise InputError("switch_scale needs a subnet depth")
+            if depth is None:
+                return None
+        if isinstance(depth, bool) or not isinstance(depth, int):
+            raise InputError(f"depth must be an integer in [1, {D}], got {depth!r}")
+        try:
+            plan = DepthPlan(D, depth, self.default_switch_scale() if switch_scale is None else switch_scale,
+                             self.config.patch_nums)
+        except ConfigError as e:
+            raise InputError(str(e)) from e
+        if depth < D and not self.is_supernet:
+            log.warning("this checkpoint was not trained as a supernet: depth-%d subnet quality is untrained", depth)
+        return plan
+
+    def plan_for_memory(self, batch: int, bytes_budget: int, cfg: float = 1.5) -> DepthPlan | None:
+        """The deepest subnet, then the latest switch scale, whose KV cache for `batch` images fits.
+
+        Returns None when the full network fits; raises InputError when nothing does.
+        """
+        if batch < 1 or bytes_budget <= 0:
+            raise InputError(f"batch must be >= 1 and the budget > 0 bytes, got {batch}, {bytes_budget}")
+        D, K = self.config.depth, self.config.transformer.num_scales
+        if batch * self.kv_bytes_per_image(cfg) <= bytes_budget:
+            return None
+        for depth in range(D - 1, 0, -1):
+            for switch in range(K, 0, -1):
+                plan = DepthPlan(D, depth, switch, self.config.patch_nums)
+                if batch * self.kv_bytes_per_image(cfg, plan) <= bytes_budget:
+                    return plan
+        smallest = batch * self.kv_bytes_per_image(cfg, DepthPlan(D, 1, 1, self.config.patch_nums))
+        raise InputError(f"no depth plan fits {bytes_budget:,} bytes for batch {batch} "
+                         f"(the smallest needs {smallest:,}); lower the batch size")
+
     # ------------------------------------------------------------------ generation
     def kv_bytes_per_image(self, cfg: float = 1.5, layer_plan: LayerPlan | None = None) -> int:
         """Analytic KV-cache bytes for one image (CFG doubles the rows unless cfg == 0)."""
@@ -172,14 +224,21 @@ class Pipeline:
     @torch.no_grad()
     def generate(self, labels: int | str | Iterable[int | str] | torch.Tensor | None = None, *,
                  batch: int | None = None, seed: int | None = None, cfg: float = 1.5, top_k: int = 900,
-                 top_p: float = 0.96, more_smooth: bool = False, layer_plan: LayerPlan | None = None,
+                 top_p: float = 0.96, more_smooth: bool = False, depth: int | None = None,
+                 switch_scale: int | None = None, layer_plan: LayerPlan | None = None,
                  hooks: Sequence[ScaleHook] = (), decode: bool = True) -> GenerateOutput:
         """Sample class-conditional images. Returns images in [0, 1], tokens and timing/memory stats.
 
         With labels=None, `batch` random classes are drawn first from the seeded generator.
+        depth/switch_scale: run the depth-`depth` subnet after the first `switch_scale` scales
+        (same weights, nothing reloaded); layer_plan: any custom LayerPlan instead.
         Raises InputError/ConfigError for bad ids or settings.
         """
         settings = SamplingConfig(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
+        if depth is not None or switch_scale is not None:
+            if layer_plan is not None:
+                raise InputError("give either depth/switch_scale or layer_plan, not both")
+            layer_plan = self.depth_plan(depth, switch_scale)
         generator = self.make_generator(seed)
         if labels is None:
             if batch is None or isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:

@@ -107,8 +107,12 @@ def train_transformer(model_cfg: ModelConfig, tokenizer: Tokenizer, cfg: TrainCo
                       loss_weight_L: torch.Tensor | None = None,
                       trainable: Callable[[VARTransformer], Iterable[nn.Parameter]] | None = None,
                       init_from: VARTransformer | None = None, augment_copies: int = 1,
-                      label_smoothing: float = 0.0, progress: bool = True) -> VARTransformer:
-    """Train (or resume) in cfg.out_dir; writes a var-engine checkpoint directory there (EMA weights)."""
+                      label_smoothing: float = 0.0, extra_config: dict | None = None,
+                      progress: bool = True) -> VARTransformer:
+    """Train (or resume) in cfg.out_dir; writes a var-engine checkpoint directory there (EMA weights).
+
+    extra_config: recorded in the checkpoint's config.json (e.g. {"variant": ...} for supernets).
+    """
     ctx = DistContext(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -182,6 +186,6 @@ def train_transformer(model_cfg: ModelConfig, tokenizer: Tokenizer, cfg: TrainCo
     bar.close()
     final_model = (ema.shadow if ema is not None else model).eval()
     if ctx.is_main:
-        save_pretrained(out, model_cfg, {"tokenizer": tokenizer, "transformer": final_model})
+        save_pretrained(out, model_cfg, {"tokenizer": tokenizer, "transformer": final_model}, extra_config)
     ctx.barrier()
     return final_model

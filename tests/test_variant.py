@@ -1,0 +1,111 @@
+"""VARiant depth plans: layer sets, KV arithmetic, exact training/sampling equality, memory planner."""
+import logging
+
+import pytest
+import torch
+
+from var_engine.errors import ConfigError, InputError
+from var_engine.variant import DepthPlan, SupernetPlan, SupernetSchedule, subnet_layers
+
+
+def test_subnet_layers_are_equidistant_with_first_and_last():
+    assert subnet_layers(30, 2) == (0, 29)
+    assert subnet_layers(30, 16) == tuple((i * 29) // 15 for i in range(16))
+    assert subnet_layers(8, 4) == (0, 2, 4, 7)
+    assert subnet_layers(8, 8) == tuple(range(8))
+    assert subnet_layers(8, 1) == (0,)
+    for bad in (0, 9):
+        with pytest.raises(ConfigError):
+            subnet_layers(8, bad)
+
+
+def test_plan_validation():
+    with pytest.raises(ConfigError, match="switch scale"):
+        DepthPlan(4, 2, 0, (1, 2, 3, 4))
+    with pytest.raises(ConfigError, match="switch scale"):
+        DepthPlan(4, 2, 5, (1, 2, 3, 4))
+
+
+def test_kv_entries_follow_the_paper_arithmetic():
+    pn = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+    plan = DepthPlan(30, 16, 6, pn)
+    assert plan.switch_tokens == 91 and plan.kv_entries() == (30 - 16) * 91 + 16 * 680
+    assert abs(DepthPlan(30, 8, 6, pn).kv_entries() / (30 * 680) - 0.37) < 0.01  # paper: 64% less
+    assert abs(DepthPlan(30, 2, 6, pn).kv_entries() / (30 * 680) - 0.19) < 0.01  # paper: 81% less
+
+
+def test_measured_kv_bytes_equal_analytic_and_layers_are_released(tiny_pipeline):
+    pipe = tiny_pipeline  # depth 4, C 32, patch_nums (1, 2, 3, 4): 30 tokens
+    plan = pipe.depth_plan(2, 2)
+    out = pipe.generate([0, 1], seed=0, cfg=1.5, layer_plan=plan)
+    analytic = 2 * 4 * 32 * 2 * ((4 - 2) * 5 + 2 * 30)  # 2 (k,v) * fp32 * C * cfg rows * entries
+    assert out.stats.kv_bytes == 2 * analytic == 2 * pipe.kv_bytes_per_image(1.5, plan)
+    per_scale = [s.kv_bytes for s in out.stats.per_scale]
+    assert per_scale[0] == 2 * analytic  # all allocated up front, nothing grows
+    # skipped layers are freed once the last full-depth scale (index 1) is done
+    assert per_scale[1] == per_scale[2] == per_scale[3] == 2 * 2 * 4 * 32 * 2 * (2 * 30)
+    assert [s.layers for s in out.stats.per_scale] == [4, 4, 2, 2]
+
+
+def test_full_depth_plan_equals_plain_sampler_bit_for_bit(tiny_pipeline):
+    a = tiny_pipeline.generate([1, 3], seed=2)
+    b = tiny_pipeline.generate([1, 3], seed=2, depth=4, switch_scale=2)
+    c = tiny_pipeline.generate([1, 3], seed=2, layer_plan=lambda k: range(4))
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.images, b.images)
+    assert torch.equal(a.tokens, c.tokens)
+
+
+@pytest.mark.parametrize("depth, switch", [(2, 1), (2, 3), (3, 2), (1, 4)])
+def test_teacher_forced_plan_equals_cached_sampler(tiny_pipeline, depth, switch):
+    pipe = tiny_pipeline
+    plan = pipe.depth_plan(depth, switch)
+    seen = []
+
+    class Record:
+        def after_scale(self, step):
+            seen.append(step.logits_BlV.clone())
+
+    out = pipe.generate([0, 2, 4], seed=5, cfg=0.0, top_k=0, top_p=0.0, layer_plan=plan, hooks=[Record()])
+    tf = pipe.transformer(out.labels, pipe.tokenizer.teacher_input(out.tokens), plan.block_tokens())
+    assert (torch.cat(seen, 1) - tf).abs().max() < 1e-4  # float32, different op order
+    full = pipe.transformer(out.labels, pipe.tokenizer.teacher_input(out.tokens))
+    if depth < 4 and switch < 4:
+        assert (full - tf).abs().max() > 1e-3  # the plan really changes the function
+
+
+def test_memory_planner_picks_deepest_plan_that_fits(tiny_pipeline):
+    pipe = tiny_pipeline
+    full = pipe.kv_bytes_per_image(1.5)
+    assert pipe.plan_for_memory(2, 2 * full) is None
+    plan = pipe.plan_for_memory(2, 2 * full - 1)
+    assert plan.depth == 3 and plan.switch_scale == 3  # the deepest subnet, latest switch that fits
+    assert 2 * pipe.kv_bytes_per_image(1.5, plan) <= 2 * full - 1
+    with pytest.raises(InputError, match="no depth plan fits"):
+        pipe.plan_for_memory(2, 100)
+
+
+def test_subnet_on_plain_checkpoint_warns(tiny_pipeline, caplog):
+    with caplog.at_level(logging.WARNING):
+        tiny_pipeline.generate([0], seed=0, depth=2)
+    assert "not trained as a supernet" in caplog.text
+
+
+def test_bad_depth_requests(tiny_pipeline):
+    for kwargs in (dict(depth=0), dict(depth=5), dict(depth=2, switch_scale=0), dict(depth=2, switch_scale=5),
+                   dict(switch_scale=2)):
+        with pytest.raises(InputError):
+            tiny_pipeline.generate([0], seed=0, **kwargs)
+
+
+def test_supernet_schedule_and_plan():
+    s = SupernetSchedule()
+    assert s.subnet_probability(0.0) == 0.2 and s.subnet_probability(0.9) == 0.5
+    assert abs(s.subnet_probability(0.5) - 0.45) < 1e-9
+    assert SupernetSchedule.parse("fixed:0.3").subnet_probability(0.7) == 0.3
+    with pytest.raises(ConfigError):
+        SupernetSchedule.parse("fixed:2")
+    plan = SupernetPlan(8, (1, 2, 3, 4), depths=(4, 2), switch_scales=(2,), total_steps=100, seed=1)
+    picks = [plan.plan_at(s) for s in range(100)]
+    assert picks == [plan.plan_at(s) for s in range(100)]  # a function of (seed, step)
+    frac = sum(p is not None for p in picks) / 100
+    assert 0.2 < frac < 0.7
