@@ -1,0 +1,102 @@
+"""VARiant depth plans: KV bytes (analytic and measured), s/image, and for the default model the
+evaluator's accuracy and FID-style distance, per subnet depth and switch scale.
+Writes bench/results/variant.{json,md} and variant_<model>.png.
+
+Usage: python -m bench.variant [--models default,d16] [--per-class 50] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from bench.common import RESULTS, markdown_table, write_results
+from bench.plot import line_chart
+from bench.quality import generate_set
+from bench.sampler import build
+from var_engine.data import DigitsDataset
+from var_engine.evaluator import FeatureExtractor, accuracy
+from var_engine.metrics import batches, frechet_distance
+from var_engine.variant import DepthPlan
+
+
+def depths_for(D: int) -> list[int]:
+    return sorted({D, max(1, D // 2), max(1, D // 4), 2}, reverse=True)
+
+
+def timed(pipe, labels, plan, repeats: int, decode: bool = True) -> tuple[float, float, int]:
+    runs = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        out = pipe.generate(labels, seed=r, cfg=1.5, layer_plan=plan, decode=decode)
+        runs.append((time.perf_counter() - t0, out.stats.transformer_seconds, out.stats.kv_bytes))
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs), runs[0][2]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--models", default="default,d16")
+    p.add_argument("--switch-scales", default="", help="comma list (default: the model's own, and for the "
+                                                        "default model 3,4,5)")
+    p.add_argument("--batch", type=int, default=16, help="batch for timing the default model (d16: 1)")
+    p.add_argument("--per-class", type=int, default=50, help="images per class for quality (default model)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    for name in args.models.split(","):
+        pipe = build(name)
+        D, K = pipe.config.depth, pipe.config.transformer.num_scales
+        switches = ([int(s) for s in args.switch_scales.split(",") if s] or
+                    ([3, 4, 5] if name == "default" else [pipe.default_switch_scale()]))
+        batch = args.batch if name == "default" else 1
+        labels = torch.arange(batch) % pipe.config.num_classes
+        quality = name == "default" and "evaluator" in pipe.components
+        if quality:
+            feats = FeatureExtractor(pipe.components["evaluator"])
+            held01 = DigitsDataset("heldout").tensors()[0].add(1).mul(0.5)
+        full_kv = pipe.kv_bytes_per_image(1.5)
+        full_time = None
+        for depth in depths_for(D):
+            for switch in (switches if depth < D else [K]):
+                plan = None if depth == D else DepthPlan(D, depth, switch, pipe.config.patch_nums)
+                total, transformer, measured = timed(pipe, labels, plan, args.repeats)
+                analytic = batch * pipe.kv_bytes_per_image(1.5, plan)
+                full_time = full_time or total
+                row = {"model": name, "depth": depth, "switch_scale": switch, "batch": batch,
+                       "kv_bytes_per_image": analytic // batch, "kv_measured_vs_analytic": measured / analytic,
+                       "kv_saving_vs_full": 1 - analytic / (batch * full_kv), "s_per_image": total / batch,
+                       "transformer_s_per_image": transformer / batch, "speedup_vs_full": full_time / total}
+                if quality:
+                    images, ys = generate_set(pipe, args.per_class, 1.5, 1000, plan)
+                    row["accuracy"] = accuracy(pipe.components["evaluator"], images, ys)
+                    row["fid_evaluator"] = frechet_distance(feats, batches(held01), batches(images))
+                rows.append(row)
+                print(row, flush=True)
+        mine = [r for r in rows if r["model"] == name]
+        series = {f"switch {s}": [(r["depth"], r["speedup_vs_full"]) for r in mine if r["switch_scale"] in (s, K)]
+                  for s in switches}
+        line_chart(RESULTS / f"variant_{name}_speed.png", f"{name}: speed-up vs full depth (cfg 1.5, batch {batch})",
+                   "subnet depth", "speed-up", series)
+        series = {f"switch {s}": [(r["depth"], r["kv_bytes_per_image"] / 2**20) for r in mine
+                                  if r["switch_scale"] in (s, K)] for s in switches}
+        line_chart(RESULTS / f"variant_{name}_kv.png", f"{name}: KV cache per image", "subnet depth", "MiB", series)
+        if quality:
+            series = {f"switch {s}": [(r["depth"], r["fid_evaluator"]) for r in mine if r["switch_scale"] in (s, K)]
+                      for s in switches}
+            line_chart(RESULTS / f"variant_{name}_fid.png", f"{name}: FID-style distance (evaluator features)",
+                       "subnet depth", "FID-style", series)
+    cols = ["model", "depth", "switch_scale", "batch", "kv_bytes_per_image", "kv_saving_vs_full",
+            "kv_measured_vs_analytic", "s_per_image", "transformer_s_per_image", "speedup_vs_full", "accuracy",
+            "fid_evaluator"]
+    write_results("variant", {"rows": rows, "per_class": args.per_class, "repeats": args.repeats},
+                  "VARiant depth plans (cfg 1.5; d16 has random weights, so only memory and speed)\n\n"
+                  + markdown_table(rows, cols))
+
+
+if __name__ == "__main__":
+    main()
