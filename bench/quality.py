@@ -16,7 +16,6 @@ from var_engine.evaluator import FeatureExtractor, accuracy
 from var_engine.images import save_grid
 from var_engine.metrics import batches, frechet_distance
 from var_engine.train_tokenizer import evaluate_tokenizer
-from var_engine.variant import DepthPlan
 
 
 def generate_set(pipe: Pipeline, per_class: int, cfg: float, seed: int, plan=None, batch: int = 200):
@@ -35,11 +34,13 @@ def main(argv=None) -> None:
     p.add_argument("--per-class", type=int, default=100)
     p.add_argument("--cfgs", default="1.0,1.5,2.0,3.0")
     p.add_argument("--depths", default="", help="also measure these subnet depths (e.g. 4,2)")
-    p.add_argument("--switch-scale", type=int, default=4)
+    p.add_argument("--switch-scale", type=int, default=None, help="default: the checkpoint's own")
     p.add_argument("--seed", type=int, default=1000)
     p.add_argument("--grid", default=None, help="write a 10 x 8 sample grid PNG here")
     p.add_argument("--out-name", default="quality")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--inception", action="store_true",
+                   help="also report standard Inception FID (needs torch-fidelity and its weights)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -49,18 +50,18 @@ def main(argv=None) -> None:
         raise SystemExit("this checkpoint ships no evaluator (train one with var-engine train-evaluator)")
     feats = FeatureExtractor(evaluator)
     held_x, held_y = DigitsDataset("heldout").tensors()
-    train_x, train_y = DigitsDataset("train").tensors()
+    train_x, _ = DigitsDataset("train").tensors()
     held01, train01 = held_x.add(1).mul(0.5), train_x.add(1).mul(0.5)
 
     tok = evaluate_tokenizer(pipe.tokenizer, held_x)
     floor = frechet_distance(feats, batches(held01), batches(train01))
-    rows = [{"set": "real train (floor)", "cfg": "", "depth": "", "accuracy": accuracy(evaluator, train01, train_y),
-             "fid_evaluator": floor, "s_per_image": ""}]
+    rows = [{"set": "real held-out vs train (floor)", "cfg": "", "depth": "",
+             "accuracy": accuracy(evaluator, held01, held_y), "fid_evaluator": floor, "s_per_image": ""}]
     D = pipe.config.depth
     depths = [D] + [int(d) for d in args.depths.split(",") if d]
     cfgs = [float(c) for c in args.cfgs.split(",") if c]
     for depth in depths:
-        plan = None if depth == D else DepthPlan(D, depth, args.switch_scale, pipe.config.patch_nums)
+        plan = None if depth == D else pipe.depth_plan(depth, args.switch_scale)
         for cfg in cfgs:
             t0 = time.perf_counter()
             images, labels = generate_set(pipe, args.per_class, cfg, args.seed, plan)
@@ -69,6 +70,8 @@ def main(argv=None) -> None:
                          "accuracy": accuracy(evaluator, images, labels),
                          "fid_evaluator": frechet_distance(feats, batches(held01), batches(images)),
                          "s_per_image": dt})
+            if args.inception:  # raises a ConfigError naming what is missing when unavailable
+                rows[-1]["fid_inception"] = frechet_distance(2048, batches(held01), batches(images))
             print(rows[-1], flush=True)
     if args.grid:
         images, _ = generate_set(pipe, 8, 1.5, 0)
@@ -77,9 +80,11 @@ def main(argv=None) -> None:
              f"of {pipe.config.tokenizer.vocab_size} codes\n\n"
              f"Generated: {args.per_class} per class; FID-style distance from the shipped evaluator's features "
              f"against {len(held01)} held-out digits (not comparable to Inception FID).\n\n"
-             + markdown_table(rows, ["set", "depth", "cfg", "accuracy", "fid_evaluator", "s_per_image"]))
+             + markdown_table(rows, ["set", "depth", "cfg", "accuracy", "fid_evaluator", "s_per_image"]
+                            + (["fid_inception"] if args.inception else [])))
     write_results(args.out_name, {"checkpoint": pipe.meta.get("path"), "tokenizer": tok, "rows": rows,
-                                  "per_class": args.per_class, "switch_scale": args.switch_scale}, table)
+                                  "per_class": args.per_class, "switch_scale": args.switch_scale or pipe.default_switch_scale()},
+                  table)
 
 
 if __name__ == "__main__":

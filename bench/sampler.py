@@ -41,8 +41,12 @@ def time_reference(pipe: Pipeline, labels: torch.Tensor, seed: int, cfg: float):
     t0 = time.perf_counter()
     tokens, f_hat, held = sample_cat_cache(pipe.transformer, pipe.tokenizer.quantize, labels, cfg, 900, 0.96, g)
     t1 = time.perf_counter()
-    with torch.no_grad():
-        pipe.tokenizer.fhat_to_images(f_hat)
+    pipe.tokenizer.set_channels_last(False)  # the original decodes in the default memory format
+    try:
+        with torch.no_grad():
+            pipe.tokenizer.fhat_to_images(f_hat)
+    finally:
+        pipe.tokenizer.set_channels_last(True)
     return tokens, t1 - t0, time.perf_counter() - t1, held
 
 

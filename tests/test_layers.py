@@ -12,7 +12,8 @@ LEVELS = {
     "train_tokenizer": 5, "train_transformer": 5, "evaluator": 5,
     "variant": 6,
     "pipeline": 7,
-    "cli_common": 8, "cli_train": 9, "cli": 10,
+    "batch_generation": 8,
+    "cli_common": 9, "cli_train": 10, "cli": 11,
 }
 
 

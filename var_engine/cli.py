@@ -69,6 +69,49 @@ def _configure_generate(p: argparse.ArgumentParser) -> None:
 cmd_generate.configure = _configure_generate
 
 
+# ---------------------------------------------------------------------------------- sample
+@command("sample", "generate a reproducible, resumable image set (PNG folder + optional .npz); torchrun-shardable")
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .batch_generation import BatchSettings, generate_folder, pack_npz
+    from .training import DistContext
+
+    ctx = DistContext(args.device)
+    args.device = str(ctx.device)
+    pipe = load_pipeline(args)
+    if args.classes.strip() == "all":
+        classes = list(range(pipe.config.num_classes))
+    else:
+        classes = pipe.parse_labels([c for c in args.classes.split(",") if c.strip()]).tolist()
+    settings = BatchSettings(classes=classes, per_class=args.per_class, seed=args.seed, batch_size=args.batch_size,
+                             cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, depth=args.depth,
+                             switch_scale=args.switch_scale)
+    counts = generate_folder(pipe, args.outdir, settings, ctx=ctx, progress=not args.quiet)
+    if ctx.is_main:
+        print(f"{args.outdir}: {counts['total']} images ({counts['made']} new on rank 0)")
+        if args.npz:
+            print(f"wrote {pack_npz(args.outdir, settings, args.npz, pipe.config.num_classes)}")
+    ctx.close()
+    return 0
+
+
+def _configure_sample(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    add_sampling_args(p)
+    g = p.add_argument_group("set")
+    g.add_argument("--classes", default="all", help="'all' or comma-separated class ids")
+    g.add_argument("--per-class", type=int, default=50)
+    g.add_argument("--outdir", required=True)
+    g.add_argument("--npz", default=None, help="also pack the set as .npz (arr_0: N,H,W,3 uint8; labels)")
+    g.add_argument("--seed", type=int, default=0, help="base seed; image i of class c always gets the same seed")
+    g.add_argument("--batch-size", type=int, default=32, help="fixed chunk size (part of the set's settings)")
+    g.add_argument("--depth", type=int, default=None, help="VARiant subnet depth for later scales")
+    g.add_argument("--switch-scale", type=int, default=None)
+    g.add_argument("--quiet", action="store_true")
+
+
+cmd_sample.configure = _configure_sample
+
+
 # ---------------------------------------------------------------------------------- info
 @command("info", "print a checkpoint's config, parameter counts and KV bytes per image")
 def cmd_info(args: argparse.Namespace) -> int:

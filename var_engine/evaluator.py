@@ -17,8 +17,8 @@ from torch.utils.data import Dataset
 
 from .checkpoints import load_weights, read_component, read_module_config, save_module
 from .errors import ConfigError
-from .training import (DistContext, MetricsLog, TrainConfig, infinite_batches, load_state, lr_at, make_optimizer,
-                       run_fingerprint, save_state, seed_everything)
+from .training import (MetricsLog, TrainConfig, infinite_batches, load_state, lr_at, make_optimizer,
+                       run_fingerprint, save_state, start_run)
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +116,7 @@ def train_evaluator(cfg: EvaluatorConfig, train: TrainConfig, dataset: Dataset,
 
     heldout: (images in [-1, 1], labels) used for the accuracy log.
     """
-    ctx = DistContext(train.device)
-    if train.threads:
-        torch.set_num_threads(train.threads)
-    seed_everything(train.seed + ctx.rank)
+    ctx = start_run(train)
     out = Path(train.out_dir)
     model = Evaluator(cfg).to(ctx.device)
     ddp = ctx.wrap(model)

@@ -162,6 +162,14 @@ class Pipeline:
             g.manual_seed(seed)
         return g
 
+    def make_generators(self, seed: int | Sequence[int] | None) -> torch.Generator | list[torch.Generator]:
+        """One generator for an int/None seed; one per sample for a list of seeds."""
+        if isinstance(seed, (list, tuple)):
+            if not seed:
+                raise InputError("the list of seeds must not be empty")
+            return [self.make_generator(s) for s in seed]
+        return self.make_generator(seed)
+
     # ------------------------------------------------------------------ depth plans (VARiant)
     @property
     def is_supernet(self) -> bool:
@@ -223,13 +231,16 @@ class Pipeline:
 
     @torch.no_grad()
     def generate(self, labels: int | str | Iterable[int | str] | torch.Tensor | None = None, *,
-                 batch: int | None = None, seed: int | None = None, cfg: float = 1.5, top_k: int = 900,
+                 batch: int | None = None, seed: int | Sequence[int] | None = None, cfg: float = 1.5,
+                 top_k: int = 900,
                  top_p: float = 0.96, more_smooth: bool = False, depth: int | None = None,
                  switch_scale: int | None = None, layer_plan: LayerPlan | None = None,
                  hooks: Sequence[ScaleHook] = (), decode: bool = True) -> GenerateOutput:
         """Sample class-conditional images. Returns images in [0, 1], tokens and timing/memory stats.
 
         With labels=None, `batch` random classes are drawn first from the seeded generator.
+        seed: an int (one generator, the release's protocol) or one int per sample (each image is
+        then independent of the rest of the batch).
         depth/switch_scale: run the depth-`depth` subnet after the first `switch_scale` scales
         (same weights, nothing reloaded); layer_plan: any custom LayerPlan instead.
         Raises InputError/ConfigError for bad ids or settings.
@@ -239,8 +250,10 @@ class Pipeline:
             if layer_plan is not None:
                 raise InputError("give either depth/switch_scale or layer_plan, not both")
             layer_plan = self.depth_plan(depth, switch_scale)
-        generator = self.make_generator(seed)
+        generator = self.make_generators(seed)
         if labels is None:
+            if isinstance(generator, list):
+                raise InputError("per-sample seeds need explicit labels")
             if batch is None or isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
                 raise InputError("give labels, or batch >= 1 to draw random classes")
             uniform = torch.full((1, self.config.num_classes), 1.0 / self.config.num_classes, device=self.device)
@@ -249,6 +262,8 @@ class Pipeline:
             labels_B = self.parse_labels(labels).to(self.device)
             if batch is not None and batch != labels_B.numel():
                 raise InputError(f"batch={batch} but {labels_B.numel()} labels were given")
+            if isinstance(generator, list) and len(generator) != labels_B.numel():
+                raise InputError(f"{len(generator)} seeds for {labels_B.numel()} labels")
         cuda = self.device.type == "cuda"
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)

@@ -16,7 +16,7 @@ from .config import TokenizerConfig
 from .images import save_grid
 from .tokenizer import Tokenizer
 from .training import (DistContext, MetricsLog, TrainConfig, infinite_batches, load_state, lr_at,
-                       make_optimizer, run_fingerprint, save_state, seed_everything)
+                       make_optimizer, run_fingerprint, save_state, start_run)
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,7 @@ def train_tokenizer(tok_cfg: TokenizerConfig, cfg: TrainConfig, dataset: Dataset
                     progress: bool = True) -> Tokenizer:
     """Train (or resume) a tokenizer in cfg.out_dir; saves `tokenizer.safetensors` + `tokenizer.json`."""
     loss_cfg = loss_cfg or TokenizerLoss()
-    ctx = DistContext(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed + ctx.rank)
+    ctx = start_run(cfg)
     out = Path(cfg.out_dir)
     model = Tokenizer(tok_cfg).to(ctx.device)
     ddp = ctx.wrap(model)

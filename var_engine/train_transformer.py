@@ -22,7 +22,7 @@ from .images import save_grid
 from .sampling import sample
 from .tokenizer import Tokenizer
 from .training import (EMA, DistContext, MetricsLog, TrainConfig, load_state, lr_at, make_optimizer,
-                       run_fingerprint, save_state, seed_everything)
+                       run_fingerprint, save_state, start_run)
 from .transformer import VARTransformer
 
 log = logging.getLogger(__name__)
@@ -113,10 +113,7 @@ def train_transformer(model_cfg: ModelConfig, tokenizer: Tokenizer, cfg: TrainCo
 
     extra_config: recorded in the checkpoint's config.json (e.g. {"variant": ...} for supernets).
     """
-    ctx = DistContext(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed + ctx.rank)
+    ctx = start_run(cfg)
     out = Path(cfg.out_dir)
     tokenizer = tokenizer.to(ctx.device).eval()
     for p in tokenizer.parameters():

@@ -156,6 +156,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def start_run(cfg: TrainConfig) -> DistContext:
+    """Join the torchrun process group (if any), set CPU threads, seed this process."""
+    ctx = DistContext(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed + ctx.rank)
+    return ctx
+
+
 # ----------------------------------------------------------------------------- resumable state
 def save_state(out_dir: str | Path, *, step: int, fingerprint: dict[str, Any], model: nn.Module,
                optimizer: torch.optim.Optimizer, ema: EMA | None, extra: dict[str, torch.Tensor] | None = None) -> Path:

@@ -1,7 +1,12 @@
 """Pure tensor functions of the sampler: guidance mixing, filtering, drawing tokens."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
+
+# one generator for the whole batch (the release's protocol), or one per sample
+Generators = "torch.Generator | Sequence[torch.Generator] | None"
 
 
 def guidance_scale(cfg: float, scale_index: int, num_scales: int) -> float:
@@ -29,16 +34,23 @@ def top_k_top_p_(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -
     return logits_BlV
 
 
-def draw_tokens(logits_BlV: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One multinomial draw per token (B, l), from a single (B*l, V) call as the release does."""
+def draw_tokens(logits_BlV: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """One multinomial draw per token (B, l), from a single (B*l, V) call as the release does.
+
+    With a list of generators each sample draws from its own (a batch then equals single runs).
+    """
+    if isinstance(generator, Sequence):
+        return torch.cat([draw_tokens(logits_BlV[i:i + 1], g) for i, g in enumerate(generator)])
     B, l, V = logits_BlV.shape
     probs = logits_BlV.softmax(dim=-1).view(-1, V)
     return torch.multinomial(probs, num_samples=1, replacement=True, generator=generator).view(B, l)
 
 
 def gumbel_smooth(logits_BlV: torch.Tensor, ratio: float, codebook_VC: torch.Tensor,
-                  generator: torch.Generator | None) -> torch.Tensor:
+                  generator: Generators) -> torch.Tensor:
     """Soft token embeddings (B, l, C) by gumbel-softmax with the release's temperature schedule."""
+    if isinstance(generator, Sequence):
+        return torch.cat([gumbel_smooth(logits_BlV[i:i + 1], ratio, codebook_VC, g) for i, g in enumerate(generator)])
     tau = max(0.27 * (1 - ratio * 0.95), 0.005)
     logits = logits_BlV.mul(1 + ratio)
     noise = torch.empty_like(logits).exponential_(generator=generator).log().neg()

@@ -17,7 +17,7 @@ from ..cache import KVCache
 from ..config import SamplingConfig
 from ..tokenizer.quantizer import MultiScaleQuantizer
 from ..transformer import VARTransformer
-from .logits import cfg_mix, draw_tokens, guidance_scale, gumbel_smooth, top_k_top_p_
+from .logits import Generators, cfg_mix, draw_tokens, guidance_scale, gumbel_smooth, top_k_top_p_
 
 LayerPlan = Callable[[int], "Sequence[int] | None"]  # scale_index -> blocks to run (None: all)
 
@@ -87,14 +87,18 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def sample(transformer: VARTransformer, quantizer: MultiScaleQuantizer, labels_B: torch.Tensor,
-           settings: SamplingConfig, *, generator: torch.Generator | None = None,
+           settings: SamplingConfig, *, generator: Generators = None,
            layer_plan: LayerPlan | None = None, hooks: Sequence[ScaleHook] = ()) -> SampleResult:
     """Sample token maps for `labels_B` scale by scale; returns tokens and the final f_hat.
 
     Parity with the release: the same generator draws one multinomial per scale over the
-    (B*l, V) guided probabilities. With cfg == 0 the unconditional half is skipped (identical
-    tokens, half the work).
+    (B*l, V) guided probabilities. A list of per-sample generators makes every sample
+    independent of its batch (used for reproducible, shardable batch generation); they follow
+    the population when hooks reindex it. With cfg == 0 the unconditional half is skipped
+    (identical tokens, half the work).
     """
+    if isinstance(generator, Sequence) and len(generator) != labels_B.shape[0]:
+        raise ValueError(f"{len(generator)} generators for {labels_B.shape[0]} samples")
     cfg_t = transformer.cfg
     device = transformer.pos_1LC.device
     patch_nums, K = cfg_t.patch_nums, cfg_t.num_scales
@@ -141,6 +145,8 @@ def sample(transformer: VARTransformer, quantizer: MultiScaleQuantizer, labels_B
             f_hat = f_hat.index_select(0, keep)
             next_map = next_map.index_select(0, keep)
             labels = labels.index_select(0, keep)
+            if isinstance(generator, Sequence):
+                generator = [generator[i] for i in keep.tolist()]
             cond_rows = torch.cat([keep + h_ * cache.batch for h_ in range(halves)])
             cond = cond.index_select(cond_rows)
             cache.reindex(keep)
