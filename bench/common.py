@@ -9,7 +9,12 @@ from typing import Any, Sequence
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS_ENV = "VAR_ENGINE_BENCH_RESULTS"
+
+
+def results_dir() -> Path:
+    """bench/results, or $VAR_ENGINE_BENCH_RESULTS (the smoke tests write elsewhere)."""
+    return Path(os.environ.get(RESULTS_ENV) or Path(__file__).resolve().parent / "results")
 
 
 def environment() -> dict[str, Any]:
@@ -33,7 +38,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
 
 def write_results(name: str, payload: dict[str, Any], table: str, out_dir: Path | None = None) -> Path:
     """Write `<name>.json` and `<name>.md` (the table) and print the table."""
-    out = Path(out_dir or RESULTS)
+    out = Path(out_dir or results_dir())
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps({"environment": environment(), **payload}, indent=1))
     (out / f"{name}.md").write_text(table + "\n")

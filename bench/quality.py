@@ -28,6 +28,24 @@ def generate_set(pipe: Pipeline, per_class: int, cfg: float, seed: int, plan=Non
     return torch.cat(images), labels
 
 
+def load_image_set(path: str) -> torch.Tensor:
+    """An .npz (arr_0: N,H,W,3 uint8, the layout FID toolkits use) or a folder of images -> (N, 3, H, W) in [0, 1]."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    p = Path(path)
+    if p.suffix == ".npz":
+        arr = np.load(p)["arr_0"]
+    else:
+        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"))
+        if not files:
+            raise SystemExit(f"no images found under {p}")
+        arr = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(255)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--checkpoint", default=None)
@@ -39,6 +57,8 @@ def main(argv=None) -> None:
     p.add_argument("--grid", default=None, help="write a 10 x 8 sample grid PNG here")
     p.add_argument("--out-name", default="quality")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--reference", default=None,
+                   help="reference set for the distances: .npz (arr_0) or image folder (default: held-out digits)")
     p.add_argument("--inception", action="store_true",
                    help="also report standard Inception FID (needs torch-fidelity and its weights)")
     args = p.parse_args(argv)
@@ -52,6 +72,7 @@ def main(argv=None) -> None:
     held_x, held_y = DigitsDataset("heldout").tensors()
     train_x, _ = DigitsDataset("train").tensors()
     held01, train01 = held_x.add(1).mul(0.5), train_x.add(1).mul(0.5)
+    reference = load_image_set(args.reference) if args.reference else held01
 
     tok = evaluate_tokenizer(pipe.tokenizer, held_x)
     floor = frechet_distance(feats, batches(held01), batches(train01))
@@ -68,10 +89,10 @@ def main(argv=None) -> None:
             dt = (time.perf_counter() - t0) / len(images)
             rows.append({"set": "generated", "cfg": cfg, "depth": depth if plan else f"{D} (full)",
                          "accuracy": accuracy(evaluator, images, labels),
-                         "fid_evaluator": frechet_distance(feats, batches(held01), batches(images)),
+                         "fid_evaluator": frechet_distance(feats, batches(reference), batches(images)),
                          "s_per_image": dt})
             if args.inception:  # raises a ConfigError naming what is missing when unavailable
-                rows[-1]["fid_inception"] = frechet_distance(2048, batches(held01), batches(images))
+                rows[-1]["fid_inception"] = frechet_distance(2048, batches(reference), batches(images))
             print(rows[-1], flush=True)
     if args.grid:
         images, _ = generate_set(pipe, 8, 1.5, 0)
@@ -79,7 +100,7 @@ def main(argv=None) -> None:
     table = (f"Tokenizer: held-out PSNR {tok['psnr']:.2f} dB, codebook usage {tok['codebook_usage']:.1f}% "
              f"of {pipe.config.tokenizer.vocab_size} codes\n\n"
              f"Generated: {args.per_class} per class; FID-style distance from the shipped evaluator's features "
-             f"against {len(held01)} held-out digits (not comparable to Inception FID).\n\n"
+             f"against {args.reference or f'{len(held01)} held-out digits'} (not comparable to Inception FID).\n\n"
              + markdown_table(rows, ["set", "depth", "cfg", "accuracy", "fid_evaluator", "s_per_image"]
                             + (["fid_inception"] if args.inception else [])))
     write_results(args.out_name, {"checkpoint": pipe.meta.get("path"), "tokenizer": tok, "rows": rows,

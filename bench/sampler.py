@@ -62,26 +62,29 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
+    impls = (("var-engine", time_engine), ("cat-cache reference", time_reference))
     for name in args.models.split(","):
         pipe = build(name)
         L = pipe.config.transformer.num_tokens
+        for _, fn in impls:  # warm-up: first-touch page faults, allocator, thread pools
+            fn(pipe, torch.zeros(1, dtype=torch.long), 0, args.cfg)
         for batch in (int(b) for b in args.batches.split(",")):
             labels = torch.arange(batch) % pipe.config.num_classes
             analytic = batch * pipe.kv_bytes_per_image(cfg=args.cfg)
-            results = {}
-            for impl, fn in (("var-engine", time_engine), ("cat-cache reference", time_reference)):
-                runs = [fn(pipe, labels, 7, args.cfg) for _ in range(args.repeats)]
-                tokens = runs[0][0]
-                tr = statistics.median(r[1] for r in runs)
-                de = statistics.median(r[2] for r in runs)
-                results[impl] = tokens
+            runs: dict[str, list] = {impl: [] for impl, _ in impls}
+            for _ in range(args.repeats):  # interleaved, so drifts of a shared machine hit both alike
+                for impl, fn in impls:
+                    runs[impl].append(fn(pipe, labels, 7, args.cfg))
+            for impl, _ in impls:
+                tr = statistics.median(r[1] for r in runs[impl])
+                de = statistics.median(r[2] for r in runs[impl])
                 total = tr + de
                 rows.append({"model": name, "batch": batch, "impl": impl, "s_per_image": total / batch,
                              "tokens_per_s": batch * L / tr, "transformer_s": tr, "decode_s": de,
-                             "decode_share": de / total, "kv_peak_bytes": runs[0][3], "kv_analytic_bytes": analytic,
-                             "kv_vs_analytic": runs[0][3] / analytic})
+                             "decode_share": de / total, "kv_peak_bytes": runs[impl][0][3],
+                             "kv_analytic_bytes": analytic, "kv_vs_analytic": runs[impl][0][3] / analytic})
                 print(rows[-1], flush=True)
-            same = torch.equal(results["var-engine"], results["cat-cache reference"])
+            same = torch.equal(runs["var-engine"][0][0], runs["cat-cache reference"][0][0])
             engine, ref = rows[-2], rows[-1]
             engine["identical_tokens"] = ref["identical_tokens"] = same
             engine["speedup_vs_reference"] = ref["s_per_image"] / engine["s_per_image"]
@@ -89,7 +92,7 @@ def main(argv=None) -> None:
             "decode_s", "decode_share", "kv_peak_bytes", "kv_analytic_bytes", "kv_vs_analytic", "identical_tokens"]
     write_results(args.out_name, {"rows": rows, "cfg": args.cfg, "repeats": args.repeats},
                   f"Sampler: static cache vs cat-growing reference (cfg {args.cfg}, top-k 900, top-p 0.96, "
-                  f"median of {args.repeats})\n\n" + markdown_table(rows, cols))
+                  f"median of {args.repeats} interleaved runs after a warm-up)\n\n" + markdown_table(rows, cols))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from bench.common import RESULTS, markdown_table, write_results
+from bench.common import markdown_table, results_dir, write_results
 from bench.plot import line_chart
 from bench.quality import generate_set
 from bench.sampler import build
@@ -80,15 +80,15 @@ def main(argv=None) -> None:
         mine = [r for r in rows if r["model"] == name]
         series = {f"switch {s}": [(r["depth"], r["speedup_vs_full"]) for r in mine if r["switch_scale"] in (s, K)]
                   for s in switches}
-        line_chart(RESULTS / f"variant_{name}_speed.png", f"{name}: speed-up vs full depth (cfg 1.5, batch {batch})",
+        line_chart(results_dir() / f"variant_{name}_speed.png", f"{name}: speed-up vs full depth (cfg 1.5, batch {batch})",
                    "subnet depth", "speed-up", series)
         series = {f"switch {s}": [(r["depth"], r["kv_bytes_per_image"] / 2**20) for r in mine
                                   if r["switch_scale"] in (s, K)] for s in switches}
-        line_chart(RESULTS / f"variant_{name}_kv.png", f"{name}: KV cache per image", "subnet depth", "MiB", series)
+        line_chart(results_dir() / f"variant_{name}_kv.png", f"{name}: KV cache per image", "subnet depth", "MiB", series)
         if quality:
             series = {f"switch {s}": [(r["depth"], r["fid_evaluator"]) for r in mine if r["switch_scale"] in (s, K)]
                       for s in switches}
-            line_chart(RESULTS / f"variant_{name}_fid.png", f"{name}: FID-style distance (evaluator features)",
+            line_chart(results_dir() / f"variant_{name}_fid.png", f"{name}: FID-style distance (evaluator features)",
                        "subnet depth", "FID-style", series)
     cols = ["model", "depth", "switch_scale", "batch", "kv_bytes_per_image", "kv_saving_vs_full",
             "kv_measured_vs_analytic", "s_per_image", "transformer_s_per_image", "speedup_vs_full", "accuracy",

@@ -112,6 +112,26 @@ def _configure_sample(p: argparse.ArgumentParser) -> None:
 cmd_sample.configure = _configure_sample
 
 
+# ---------------------------------------------------------------------------------- bench
+@command("bench", "run a benchmark of the source checkout's bench/ folder (see bench/README.md)")
+def cmd_bench(args: argparse.Namespace) -> int:
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "bench" / "__main__.py").is_file():
+        raise VarEngineError(f"benchmarks live in the bench/ folder of a source checkout; none at {root}")
+    sys.path.insert(0, str(root))
+    from bench.__main__ import main as bench_main
+
+    return bench_main([args.name, *args.rest])
+
+
+def _configure_bench(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="quality, memory, speed, variant, sampler, official or all")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark (NAME --help)")
+
+
+cmd_bench.configure = _configure_bench
+
+
 # ---------------------------------------------------------------------------------- info
 @command("info", "print a checkpoint's config, parameter counts and KV bytes per image")
 def cmd_info(args: argparse.Namespace) -> int:

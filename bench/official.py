@@ -1,0 +1,92 @@
+"""Side by side with the official VAR code: the same random-initialised official-layout model
+(var-engine's weights copied into the official modules by state dict, names unchanged), the same
+labels and seeds. Checks that both produce the same images (same tokens), then reports the
+end-to-end speed ratio and the KV-cache memory ratio.
+
+The official code is not part of var-engine: pass the path of your own checkout
+(git clone https://github.com/FoundationVision/VAR); it is imported from there, never copied.
+
+Usage: python -m bench.official --official-dir ../VAR [--model d16] [--batches 1,8] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import markdown_table, write_results
+from bench.sampler import build
+
+
+def load_official(official_dir: Path, pipe):
+    """Build the official VQVAE + VAR with var-engine's config and load var-engine's state dicts."""
+    if not (official_dir / "models" / "var.py").is_file():
+        raise SystemExit(f"{official_dir} does not look like a FoundationVision/VAR checkout (models/var.py missing)")
+    sys.path.insert(0, str(official_dir))
+    try:
+        vqvae_mod = importlib.import_module("models.vqvae")
+        var_mod = importlib.import_module("models.var")
+    except ImportError as e:
+        raise SystemExit(f"cannot import the official code from {official_dir}: {e} "
+                         "(it needs huggingface_hub: pip install huggingface_hub)") from e
+    t, v = pipe.config.tokenizer, pipe.config.transformer
+    vae = vqvae_mod.VQVAE(vocab_size=t.vocab_size, z_channels=t.z_channels, ch=t.ch, test_mode=True,
+                          share_quant_resi=t.share_quant_resi, v_patch_nums=t.patch_nums)
+    var = var_mod.VAR(vae_local=vae, num_classes=v.num_classes, depth=v.depth, embed_dim=v.embed_dim,
+                      num_heads=v.num_heads, norm_eps=v.norm_eps, shared_aln=v.shared_aln, cond_drop_rate=0.0,
+                      attn_l2_norm=v.attn_l2_norm, patch_nums=v.patch_nums,
+                      flash_if_available=False, fused_if_available=False)
+    vae.load_state_dict({k: x.contiguous() for k, x in pipe.tokenizer.state_dict().items()})
+    var.load_state_dict(pipe.transformer.state_dict())
+    return vae.eval(), var.eval()
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--official-dir", required=True, type=Path)
+    p.add_argument("--model", default="d16")
+    p.add_argument("--batches", default="1,8")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--cfg", type=float, default=1.5)
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = build(args.model)
+    _, var = load_official(args.official_dir, pipe)
+    rows = []
+    for batch in (int(b) for b in args.batches.split(",")):
+        labels = torch.arange(batch) % pipe.config.num_classes
+        ours, theirs, kv_ours = [], [], 0
+        for r in range(args.repeats):
+            t0 = time.perf_counter()
+            out = pipe.generate(labels, seed=100 + r, cfg=args.cfg, top_k=900, top_p=0.96)
+            ours.append(time.perf_counter() - t0)
+            kv_ours = out.stats.kv_bytes
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                images = var.autoregressive_infer_cfg(batch, labels, g_seed=100 + r, cfg=args.cfg, top_k=900, top_p=0.96)
+            theirs.append(time.perf_counter() - t0)
+            diff = (images - out.images).abs().max().item()
+        # the official caches are grown by torch.cat and cleared when sampling ends; at the last scale
+        # they hold the full analytic size (plus a transient copy per layer during each cat)
+        kv_theirs = batch * pipe.kv_bytes_per_image(args.cfg)
+        rows.append({"model": args.model, "batch": batch, "official_s_per_image": statistics.median(theirs) / batch,
+                     "var_engine_s_per_image": statistics.median(ours) / batch,
+                     "speedup": statistics.median(theirs) / statistics.median(ours),
+                     "kv_bytes_official": kv_theirs, "kv_bytes_var_engine": kv_ours,
+                     "memory_ratio": kv_theirs / kv_ours, "max_image_diff": diff, "same_images": diff < 1e-3})
+        print(rows[-1], flush=True)
+    write_results(f"official_{args.model}", {"rows": rows, "official_dir": str(args.official_dir)},
+                  f"var-engine vs the official VAR code ({args.model}, random weights, cfg {args.cfg}, top-k 900, "
+                  f"top-p 0.96, median of {args.repeats})\n\n"
+                  + markdown_table(rows, list(rows[0].keys())))
+
+
+if __name__ == "__main__":
+    main()

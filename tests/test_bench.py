@@ -1,0 +1,87 @@
+"""Every benchmark runs in a small smoke configuration and writes its JSON/markdown (and PNGs)."""
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    from var_engine import default_checkpoint_dir
+
+    if not (default_checkpoint_dir() / "config.json").is_file():
+        pytest.skip("embedded default model not present")
+    monkeypatch.setenv("VAR_ENGINE_BENCH_RESULTS", str(tmp_path))
+    return tmp_path
+
+
+def rows(path):
+    return json.loads(path.read_text())["rows"]
+
+
+def test_sampler_smoke(results):
+    from bench import sampler
+
+    sampler.main(["--models", "default", "--batches", "2", "--repeats", "1"])
+    r = rows(results / "sampler.json")
+    assert len(r) == 2 and all(x["identical_tokens"] for x in r) and all(x["kv_vs_analytic"] == 1 for x in r)
+
+
+def test_quality_smoke(results):
+    import numpy as np
+
+    from bench import quality
+
+    quality.main(["--per-class", "3", "--cfgs", "1.5", "--depths", "2"])
+    r = rows(results / "quality.json")
+    assert len(r) == 3 and all(0 <= x["accuracy"] <= 1 for x in r)
+    assert (results / "quality.md").read_text().startswith("Tokenizer: held-out PSNR")
+    ref = results / "ref.npz"  # a user-given reference set in the FID toolkits' layout
+    np.savez(ref, arr_0=np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8))
+    quality.main(["--per-class", "3", "--cfgs", "1.5", "--reference", str(ref)])
+    assert "ref.npz" in (results / "quality.md").read_text()
+
+
+def test_variant_smoke(results):
+    from bench import variant
+
+    variant.main(["--models", "default", "--switch-scales", "4", "--per-class", "3", "--repeats", "1", "--batch", "2"])
+    r = rows(results / "variant.json")
+    assert [x["depth"] for x in r] == [8, 4, 2] and all(x["kv_measured_vs_analytic"] == 1 for x in r)
+    assert r[1]["kv_saving_vs_full"] > 0.4  # D/2 at switch 4: (4*30 + 4*155) / (8*155) = 0.60
+    assert (results / "variant_default_speed.png").is_file()
+
+
+def test_memory_and_speed_smoke(results):
+    from bench import memory, speed
+
+    memory.main(["--batches", "1,2"])
+    m = rows(results / "memory.json")
+    assert len(m) == 6 and all(x["kv_vs_analytic"] == 1 for x in m)
+    speed.main(["--batches", "1,2", "--repeats", "1"])
+    s = rows(results / "speed.json")
+    assert len(s) == 2 and all(x["tokens_per_s"] > 0 for x in s)
+    assert (results / "memory.png").is_file() and (results / "speed.png").is_file()
+
+
+def test_bench_dispatch_via_cli(results, capsys):
+    from var_engine.cli import main
+
+    assert main(["bench", "speed", "--batches", "1", "--repeats", "1"]) == 0
+    assert (results / "speed.json").is_file()
+
+
+def test_official_side_by_side(tmp_path, monkeypatch):
+    path = os.environ.get("VAR_OFFICIAL_DIR")
+    if not path:
+        pytest.skip("set VAR_OFFICIAL_DIR to a FoundationVision/VAR checkout to compare with the official code")
+    monkeypatch.setenv("VAR_ENGINE_BENCH_RESULTS", str(tmp_path))
+    from bench import official
+
+    official.main(["--official-dir", path, "--model", "d16", "--batches", "1", "--repeats", "1"])
+    assert all(r["same_images"] for r in rows(tmp_path / "official_d16.json"))
