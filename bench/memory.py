@@ -79,7 +79,8 @@ def main(argv=None) -> None:
                series)
     write_results("memory", {"rows": rows, "cfg": args.cfg},
                   f"Memory of generate ({args.model}, cfg {args.cfg}); peak_bytes: "
-                  + ("CUDA peak allocated" if cuda else "growth of the process peak RSS during the call")
+                  + ("CUDA peak allocated" if cuda else "growth of the process peak RSS during the call (0: the call fit "
+                                                      "in memory the process already held from earlier calls)")
                   + "\n\n" + markdown_table(rows, list(rows[0].keys())))
 
 
