@@ -17,6 +17,15 @@ def results_dir() -> Path:
     return Path(os.environ.get(RESULTS_ENV) or Path(__file__).resolve().parent / "results")
 
 
+def parse_args(parser, argv=None):
+    """Add --threads, parse, and apply the thread count (torch's choice when 0)."""
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
 def environment() -> dict[str, Any]:
     env = {"torch": torch.__version__, "python": platform.python_version(), "cpu_threads": torch.get_num_threads(),
            "cpu_count": os.cpu_count(), "machine": platform.machine()}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import markdown_table, results_dir, write_results
+from bench.common import markdown_table, parse_args, results_dir, write_results
 from bench.plot import line_chart
 from bench.sampler import build
 
@@ -46,10 +46,7 @@ def main(argv=None) -> None:
     p.add_argument("--batches", default="1,4,16,64")
     p.add_argument("--depths", default="", help="subnet depths to add (default: D/2 and 2)")
     p.add_argument("--cfg", type=float, default=1.5)
-    p.add_argument("--threads", type=int, default=0)
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(p, argv)
     pipe = build(args.model)
     D = pipe.config.depth
     depths = [int(d) for d in args.depths.split(",") if d] or sorted({D // 2, 2} - {D}, reverse=True)

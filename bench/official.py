@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import markdown_table, write_results
+from bench.common import markdown_table, parse_args, write_results
 from bench.sampler import build
 
 
@@ -53,10 +53,7 @@ def main(argv=None) -> None:
     p.add_argument("--batches", default="1,8")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--cfg", type=float, default=1.5)
-    p.add_argument("--threads", type=int, default=0)
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(p, argv)
     pipe = build(args.model)
     _, var = load_official(args.official_dir, pipe)
     rows = []

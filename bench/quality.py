@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from bench.common import markdown_table, write_results
+from bench.common import markdown_table, parse_args, write_results
 from var_engine import Pipeline
 from var_engine.data import DigitsDataset
 from var_engine.evaluator import FeatureExtractor, accuracy
@@ -56,14 +56,11 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=1000)
     p.add_argument("--grid", default=None, help="write a 10 x 8 sample grid PNG here")
     p.add_argument("--out-name", default="quality")
-    p.add_argument("--threads", type=int, default=0)
     p.add_argument("--reference", default=None,
                    help="reference set for the distances: .npz (arr_0) or image folder (default: held-out digits)")
     p.add_argument("--inception", action="store_true",
                    help="also report standard Inception FID (needs torch-fidelity and its weights)")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(p, argv)
     pipe = Pipeline.from_pretrained(args.checkpoint)
     evaluator = pipe.components.get("evaluator")
     if evaluator is None:

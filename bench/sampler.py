@@ -12,7 +12,7 @@ import time
 import torch
 
 from bench.baseline import sample_cat_cache
-from bench.common import markdown_table, write_results
+from bench.common import markdown_table, parse_args, write_results
 from var_engine import ModelConfig, Pipeline, TokenizerConfig, TransformerConfig
 from var_engine.tokenizer import Tokenizer
 from var_engine.transformer import VARTransformer
@@ -56,11 +56,8 @@ def main(argv=None) -> None:
     p.add_argument("--batches", default="1,4")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--cfg", type=float, default=1.5)
-    p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out-name", default="sampler")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(p, argv)
     rows = []
     impls = (("var-engine", time_engine), ("cat-cache reference", time_reference))
     for name in args.models.split(","):

@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from bench.common import markdown_table, results_dir, write_results
+from bench.common import markdown_table, parse_args, results_dir, write_results
 from bench.plot import line_chart
 from bench.sampler import build
 
@@ -36,10 +36,7 @@ def main(argv=None) -> None:
     p.add_argument("--batches", default="1,4,16,64")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--cfg", type=float, default=1.5)
-    p.add_argument("--threads", type=int, default=0)
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(p, argv)
     pipe = build(args.model)
     L = pipe.config.transformer.num_tokens
     pipe.generate([0], seed=0)  # warm-up

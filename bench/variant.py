@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from bench.common import markdown_table, results_dir, write_results
+from bench.common import markdown_table, parse_args, results_dir, write_results
 from bench.plot import line_chart
 from bench.quality import generate_set
 from bench.sampler import build
@@ -43,10 +43,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=16, help="batch for timing the default model (d16: 1)")
     p.add_argument("--per-class", type=int, default=50, help="images per class for quality (default model)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=0)
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(p, argv)
     rows = []
     for name in args.models.split(","):
         pipe = build(name)
