@@ -78,3 +78,25 @@ def test_state_dict_names_and_shapes_are_official(official):
     vae = load_file(str(root / "vae.safetensors"))
     own = pipe.tokenizer.state_dict()
     assert set(own) == set(vae)
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_every_cpu_attention_backend_keeps_parity(official, backend):
+    pipe, cfg, ref = official("tiny64_d4_saln")
+    pipe.transformer.set_attention(backend)
+    try:
+        s = cfg["sampling"]["s1"]
+        out = pipe.generate(cfg["sampling_labels"], seed=s["g_seed"], cfg=s["cfg"], top_k=s["top_k"], top_p=s["top_p"])
+        assert torch.equal(out.tokens, ref["s1_tokens"])
+        with torch.no_grad():
+            logits = pipe.transformer(ref["tf_labels"], pipe.tokenizer.teacher_input(ref["tokens"])[:2])
+        assert (logits - ref["tf_logits"]).abs().max() < 1e-3
+    finally:
+        pipe.transformer.set_attention("auto")
+
+
+def test_unavailable_attention_backend_is_a_clear_error(tiny_pipeline):
+    with pytest.raises(ValueError, match="not available on cpu"):
+        tiny_pipeline.transformer.set_attention("xformers")
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        tiny_pipeline.transformer.set_attention("flash9")

@@ -37,6 +37,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-heads", type=int, default=None, help="heads of an official model (default: depth)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--attention", default="auto", choices=["auto", "sdpa", "math", "xformers"],
+                   help="attention backend (auto: PyTorch SDPA; xformers needs CUDA and the 'gpu' extra)")
 
 
 def load_pipeline(args: argparse.Namespace):
@@ -48,8 +50,8 @@ def load_pipeline(args: argparse.Namespace):
         if not (args.official_vae and args.official_var):
             raise VarEngineError("--official-vae and --official-var go together")
         return Pipeline.from_official(args.official_vae, args.official_var, patch_nums=args.patch_nums,
-                                      num_heads=args.num_heads, device=args.device)
-    return Pipeline.from_pretrained(args.checkpoint, device=args.device)
+                                      num_heads=args.num_heads, device=args.device, attention=args.attention)
+    return Pipeline.from_pretrained(args.checkpoint, device=args.device, attention=args.attention)
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:

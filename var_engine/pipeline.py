@@ -77,10 +77,10 @@ class Pipeline:
             config = ModelConfig(tok_cfg, var_cfg)
         except ConfigError as e:
             raise CheckpointError(f"VQVAE and VAR checkpoints do not belong together: {e}") from e
-        tokenizer, transformer = Tokenizer(tok_cfg), VARTransformer(var_cfg, attention)
+        tokenizer, transformer = Tokenizer(tok_cfg), VARTransformer(var_cfg)
         load_weights(tokenizer, adapt_tokenizer_state_dict(vae_sd, tokenizer), "VQVAE")
         load_weights(transformer, var_sd, "VAR")
-        return cls(tokenizer, transformer, config, meta={"source": "official"}).to(device)
+        return cls(tokenizer, transformer, config, meta={"source": "official"}).to(device).with_attention(attention)
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, *, device: str | torch.device = "cpu",
@@ -89,7 +89,7 @@ class Pipeline:
         directory = default_checkpoint_dir() if path in (None, "default") else Path(path).expanduser()
         meta = read_pretrained_config(directory)
         config = read_model_config(directory)
-        tokenizer, transformer = Tokenizer(config.tokenizer), VARTransformer(config.transformer, attention)
+        tokenizer, transformer = Tokenizer(config.tokenizer), VARTransformer(config.transformer)
         load_weights(tokenizer, adapt_tokenizer_state_dict(read_component(directory, "tokenizer"), tokenizer),
                      "tokenizer")
         load_weights(transformer, read_component(directory, "transformer"), "transformer")
@@ -99,7 +99,7 @@ class Pipeline:
             from .evaluator import load_evaluator
 
             components["evaluator"] = load_evaluator(directory)
-        return cls(tokenizer, transformer, config, components, meta).to(device)
+        return cls(tokenizer, transformer, config, components, meta).to(device).with_attention(attention)
 
     def save_pretrained(self, directory: str | Path, extra_config: dict[str, Any] | None = None) -> Path:
         return save_pretrained(directory, self.config,
@@ -111,6 +111,11 @@ class Pipeline:
         self.transformer.to(device)
         for m in self.components.values():
             m.to(device)
+        return self
+
+    def with_attention(self, name: str | None) -> "Pipeline":
+        """Choose the attention backend for the device the model is on ('auto', 'sdpa', 'math', 'xformers')."""
+        self.transformer.set_attention(name)
         return self
 
     @property
