@@ -22,6 +22,8 @@ log = logging.getLogger("var_engine")
 def cmd_generate(args: argparse.Namespace) -> int:
     from .images import save_grid, save_png
 
+    if args.num < 1 or args.batch_size < 1:
+        raise VarEngineError("--num and --batch-size must be >= 1")
     pipe = load_pipeline(args)
     classes = args.classes or ["0"]
     if classes == ["all"]:
@@ -29,7 +31,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     labels = [c for c in classes for _ in range(args.num)]
     labels_t = pipe.parse_labels(labels)
     plan = depth_plan_from_args(pipe, args, min(args.batch_size, len(labels)))
-    images, done = [], 0
+    images = []
     from tqdm import tqdm
 
     with tqdm(total=len(labels), unit="img", desc="generate", disable=args.quiet) as bar:
@@ -38,7 +40,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
             out = pipe.generate(chunk, seed=args.seed + i, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
                                 more_smooth=args.more_smooth, layer_plan=plan)
             images.append(out.images.cpu())
-            done += len(chunk)
             bar.update(len(chunk))
     images_t = torch.cat(images)
     if args.outdir:
@@ -59,7 +60,7 @@ def _configure_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class", dest="classes", action="append", default=None,
                    help="class id (repeatable; 'all' for every class; -1 or 'null' for unconditional)")
     p.add_argument("--num", type=int, default=4, help="images per class")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first batch (batch i uses seed + i)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first batch (the batch starting at image i uses seed + i)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("-o", "--output", default="out.png", help="grid PNG path")
     p.add_argument("--outdir", default=None, help="write one PNG per image here instead of a grid")
@@ -75,6 +76,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .batch_generation import BatchSettings, generate_folder, pack_npz
     from .training import DistContext
 
+    if args.per_class < 1 or args.batch_size < 1:
+        raise VarEngineError("--per-class and --batch-size must be >= 1")
     ctx = DistContext(args.device)
     args.device = str(ctx.device)
     pipe = load_pipeline(args)
