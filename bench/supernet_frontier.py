@@ -1,0 +1,78 @@
+"""Supernet schedules at equal training steps: fixed subnet-step ratios versus the progressive
+schedule, measured for the full network and a subnet (evaluator accuracy and FID-style distance).
+Trains small transformers on the shipped tokenizer; writes bench/results/supernet_frontier.{json,md}
+and supernet_frontier.png (x: full-network distance, y: subnet distance; lower-left is better).
+
+Usage: python -m bench.supernet_frontier [--schedules fixed:0.2,fixed:0.5,fixed:0.8,progressive]
+       [--steps 500] [--depth 4] [--width 64] [--subnet 2] [--switch-scale 4] [--per-class 30]
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+
+import torch
+
+from bench.common import markdown_table, parse_args, results_dir, write_results
+from bench.plot import line_chart
+from bench.quality import generate_set
+from var_engine import ModelConfig, Pipeline, TransformerConfig
+from var_engine.data import DigitsDataset
+from var_engine.evaluator import FeatureExtractor, accuracy
+from var_engine.metrics import batches, frechet_distance
+from var_engine.train_transformer import train_transformer
+from var_engine.training import TrainConfig
+from var_engine.variant import DepthPlan, SupernetPlan, SupernetSchedule
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--schedules", default="fixed:0.2,fixed:0.5,fixed:0.8,progressive")
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--subnet", type=int, default=2)
+    p.add_argument("--switch-scale", type=int, default=4)
+    p.add_argument("--per-class", type=int, default=30)
+    args = parse_args(p, argv)
+    base = Pipeline.from_pretrained()
+    evaluator = base.components["evaluator"]
+    feats = FeatureExtractor(evaluator)
+    held01 = DigitsDataset("heldout").tensors()[0].add(1).mul(0.5)
+    t = base.config.tokenizer
+    var_cfg = TransformerConfig(depth=args.depth, embed_dim=args.width, num_heads=max(1, args.width // 32),
+                                num_classes=10, vocab_size=t.vocab_size, z_channels=t.z_channels,
+                                patch_nums=t.patch_nums)
+    model_cfg = ModelConfig(t, var_cfg)
+    rows = []
+    for name in args.schedules.split(","):
+        plan = SupernetPlan(args.depth, t.patch_nums, (args.subnet,), (args.switch_scale,), args.steps,
+                            SupernetSchedule.parse(name))
+        with tempfile.TemporaryDirectory() as out:
+            cfg = TrainConfig(out_dir=out, steps=args.steps, batch_size=args.batch_size, lr=2e-3, warmup_steps=50,
+                              ema_decay=0.99, eval_every=10**9, ckpt_every=10**9, log_every=50)
+            torch.manual_seed(0)
+            model = train_transformer(model_cfg, base.tokenizer, cfg, DigitsDataset("train", recolour=True),
+                                      plan=plan, augment_copies=1, progress=False)
+        pipe = Pipeline(base.tokenizer, model, model_cfg)
+        row = {"schedule": name, "steps": args.steps,
+               "subnet_steps": sum(plan.plan_at(s) is not None for s in range(args.steps))}
+        for label, lp in (("full", None), ("subnet", DepthPlan(args.depth, args.subnet, args.switch_scale,
+                                                                 t.patch_nums))):
+            images, ys = generate_set(pipe, args.per_class, 1.5, 1000, lp)
+            row[f"{label}_accuracy"] = accuracy(evaluator, images, ys)
+            row[f"{label}_fid"] = frechet_distance(feats, batches(held01), batches(images))
+        rows.append(row)
+        print(row, flush=True)
+    line_chart(results_dir() / "supernet_frontier.png", "full vs subnet FID-style at equal steps",
+               "full-network FID-style", "subnet FID-style",
+               {r["schedule"]: [(r["full_fid"], r["subnet_fid"])] for r in rows})
+    write_results("supernet_frontier", {"rows": rows, "args": vars(args)},
+                  f"Supernet schedules at equal steps ({args.steps} steps, depth {args.depth}, width {args.width}, "
+                  f"subnet {args.subnet} after {args.switch_scale} scales, cfg 1.5, {args.per_class} per class)\n\n"
+                  + markdown_table(rows, list(rows[0].keys())))
+
+
+if __name__ == "__main__":
+    main()
