@@ -3,8 +3,11 @@ schedule, measured for the full network and a subnet (evaluator accuracy and FID
 Trains small transformers on the shipped tokenizer; writes bench/results/supernet_frontier.{json,md}
 and supernet_frontier.png (x: full-network distance, y: subnet distance; lower-left is better).
 
-Usage: python -m bench.supernet_frontier [--schedules fixed:0.2,fixed:0.5,fixed:0.8,progressive]
-       [--steps 500] [--depth 4] [--width 64] [--subnet 2] [--switch-scale 4] [--per-class 30]
+The defaults repeat the shipped model's recipe (depth 8, width 128, 3,000 steps of 256): a few
+minutes per schedule on a GPU, many hours on 2 CPU cores.
+
+Usage: python -m bench.supernet_frontier --device cuda [--schedules fixed:0.2,fixed:0.5,fixed:0.8,progressive]
+       [--steps 3000] [--batch-size 256] [--depth 8] [--width 128] [--subnet 2] [--switch-scale 4]
 """
 from __future__ import annotations
 
@@ -28,15 +31,18 @@ from var_engine.variant import DepthPlan, SupernetPlan, SupernetSchedule
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--schedules", default="fixed:0.2,fixed:0.5,fixed:0.8,progressive")
-    p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1.5e-3)
+    p.add_argument("--augment-copies", type=int, default=4)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--depth", type=int, default=8)
+    p.add_argument("--width", type=int, default=128)
     p.add_argument("--subnet", type=int, default=2)
     p.add_argument("--switch-scale", type=int, default=4)
     p.add_argument("--per-class", type=int, default=30)
     args = parse_args(p, argv)
-    base = Pipeline.from_pretrained()
+    base = Pipeline.from_pretrained(device=args.device)
     evaluator = base.components["evaluator"]
     feats = FeatureExtractor(evaluator)
     held01 = DigitsDataset("heldout").tensors()[0].add(1).mul(0.5)
@@ -50,11 +56,12 @@ def main(argv=None) -> None:
         plan = SupernetPlan(args.depth, t.patch_nums, (args.subnet,), (args.switch_scale,), args.steps,
                             SupernetSchedule.parse(name))
         with tempfile.TemporaryDirectory() as out:
-            cfg = TrainConfig(out_dir=out, steps=args.steps, batch_size=args.batch_size, lr=2e-3, warmup_steps=50,
-                              ema_decay=0.99, eval_every=10**9, ckpt_every=10**9, log_every=50)
+            cfg = TrainConfig(out_dir=out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                              warmup_steps=max(1, args.steps // 10), ema_decay=0.998, eval_every=10**9,
+                              ckpt_every=10**9, log_every=50, device=args.device)
             torch.manual_seed(0)
             model = train_transformer(model_cfg, base.tokenizer, cfg, DigitsDataset("train", recolour=True),
-                                      plan=plan, augment_copies=1, progress=False)
+                                      plan=plan, augment_copies=args.augment_copies, progress=False)
         pipe = Pipeline(base.tokenizer, model, model_cfg)
         row = {"schedule": name, "steps": args.steps,
                "subnet_steps": sum(plan.plan_at(s) is not None for s in range(args.steps))}

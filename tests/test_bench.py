@@ -69,6 +69,16 @@ def test_memory_and_speed_smoke(results):
     assert (results / "memory.png").is_file() and (results / "speed.png").is_file()
 
 
+def test_supernet_frontier_smoke(results):
+    from bench import supernet_frontier
+
+    supernet_frontier.main(["--schedules", "fixed:0.5,progressive", "--steps", "2", "--batch-size", "8",
+                            "--depth", "2", "--width", "32", "--augment-copies", "1", "--per-class", "1"])
+    r = rows(results / "supernet_frontier.json")
+    assert [x["schedule"] for x in r] == ["fixed:0.5", "progressive"]
+    assert (results / "supernet_frontier.png").is_file()
+
+
 def test_bench_dispatch_via_cli(results, capsys):
     from var_engine.cli import main
 
