@@ -50,28 +50,30 @@ def main(argv=None) -> None:
     pipe = build(args.model)
     D = pipe.config.depth
     depths = [int(d) for d in args.depths.split(",") if d] or sorted({D // 2, 2} - {D}, reverse=True)
-    plans = [("full", None)] + [(f"d{d} switch {pipe.default_switch_scale()}", pipe.depth_plan(d)) for d in depths]
+    plans = ([("full", None, False), ("full, transient last scale", None, True)]
+             + [(f"d{d} switch {pipe.default_switch_scale()}", pipe.depth_plan(d), False) for d in depths])
     cuda = pipe.device.type == "cuda"
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
         labels = torch.arange(batch) % pipe.config.num_classes
-        for name, plan in plans:
+        for name, plan, transient in plans:
             holder = {}
 
             def run():
-                holder["out"] = pipe.generate(labels, seed=0, cfg=args.cfg, layer_plan=plan)
+                holder["out"] = pipe.generate(labels, seed=0, cfg=args.cfg, layer_plan=plan,
+                                              transient_last_scale=transient)
 
             peak = None if cuda else peak_extra_bytes(run)
             if cuda or "out" not in holder:
                 run()
             out = holder["out"]
-            analytic = batch * pipe.kv_bytes_per_image(args.cfg, plan)
+            analytic = batch * pipe.kv_bytes_per_image(args.cfg, plan, transient)
             rows.append({"model": args.model, "plan": name, "batch": batch, "kv_bytes": out.stats.kv_bytes,
                          "kv_analytic_bytes": analytic, "kv_vs_analytic": out.stats.kv_bytes / analytic,
                          "kv_bytes_per_image": out.stats.kv_bytes // batch,
                          "peak_bytes": out.stats.peak_memory_bytes if cuda else peak})
             print(rows[-1], flush=True)
-    series = {name: [(r["batch"], r["kv_bytes"] / 2**20) for r in rows if r["plan"] == name] for name, _ in plans}
+    series = {name: [(r["batch"], r["kv_bytes"] / 2**20) for r in rows if r["plan"] == name] for name, _, _ in plans}
     line_chart(results_dir() / "memory.png", f"{args.model}: KV cache vs batch (cfg {args.cfg})", "batch", "MiB",
                series)
     write_results("memory", {"rows": rows, "cfg": args.cfg},

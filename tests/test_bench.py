@@ -62,7 +62,7 @@ def test_memory_and_speed_smoke(results):
 
     memory.main(["--batches", "1,2"])
     m = rows(results / "memory.json")
-    assert len(m) == 6 and all(x["kv_vs_analytic"] == 1 for x in m)
+    assert len(m) == 8 and all(x["kv_vs_analytic"] == 1 for x in m)
     speed.main(["--batches", "1,2", "--repeats", "1"])
     s = rows(results / "speed.json")
     assert len(s) == 2 and all(x["tokens_per_s"] > 0 for x in s)

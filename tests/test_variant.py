@@ -109,3 +109,19 @@ def test_supernet_schedule_and_plan():
     assert picks == [plan.plan_at(s) for s in range(100)]  # a function of (seed, step)
     frac = sum(p is not None for p in picks) / 100
     assert 0.2 < frac < 0.7
+
+
+@pytest.mark.parametrize("depth", [None, 2])
+def test_transient_last_scale_saves_memory_with_identical_tokens(tiny_pipeline, depth):
+    pipe = tiny_pipeline
+    plan = pipe.depth_plan(depth, 2) if depth else None
+    a = pipe.generate([0, 1, 2], seed=4, layer_plan=plan)
+    b = pipe.generate([0, 1, 2], seed=4, layer_plan=plan, transient_last_scale=True)
+    assert torch.equal(a.tokens, b.tokens)
+    assert b.stats.kv_bytes == 3 * pipe.kv_bytes_per_image(1.5, plan, transient_last_scale=True)
+    assert b.stats.kv_bytes < a.stats.kv_bytes
+    unit = 2 * 2 * 32 * 4  # k,v * cfg rows * C * fp32 bytes per cached token
+    if depth is None:  # 4 layers hold 14 tokens instead of 30, plus one layer's 30 transient
+        assert pipe.kv_bytes_per_image(1.5, None, True) == unit * (4 * 14 + 30)
+    else:  # peak at the start: 2 skipped layers x 5 tokens + 2 subnet layers x 14
+        assert pipe.kv_bytes_per_image(1.5, plan, True) == unit * max(2 * 5 + 2 * 14, 2 * 14 + 30)

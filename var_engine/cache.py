@@ -16,7 +16,7 @@ class KVCache:
 
     def __init__(self, *, batch: int, num_heads: int, head_dim: int, capacities: Sequence[int],
                  cfg_factor: int = 2, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", transient_tail: bool = False):
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         if cfg_factor not in (1, 2):
@@ -28,6 +28,9 @@ class KVCache:
         self.k: list[torch.Tensor | None] = [None] * len(self.capacities)
         self.v: list[torch.Tensor | None] = [None] * len(self.capacities)
         self.peak_bytes = 0
+        # transient_tail: a write that starts exactly at a layer's capacity (the final scale) is
+        # attended without being stored; only one layer's concatenation exists at a time
+        self.transient_tail = transient_tail
         for layer, cap in enumerate(self.capacities):
             if cap > 0:
                 self.allocate(layer, cap)
@@ -58,10 +61,15 @@ class KVCache:
         """Store k, v (rows, H, l, D) at token offset `start`; return views of tokens [0, start + l)."""
         kb, vb = self.k[layer], self.v[layer]
         end = start + k.shape[2]
+        rows = self.rows
         if kb is None or end > kb.shape[2]:
             cap = 0 if kb is None else kb.shape[2]
+            if self.transient_tail and kb is not None and start == cap:
+                k_all, v_all = torch.cat((kb[:rows, :, :start], k), 2), torch.cat((vb[:rows, :, :start], v), 2)
+                transient = 2 * k_all.numel() * k_all.element_size()
+                self.peak_bytes = max(self.peak_bytes, self.nbytes() + transient)
+                return k_all, v_all
             raise RuntimeError(f"layer {layer}: writing tokens [{start}, {end}) beyond its capacity {cap}")
-        rows = self.rows
         kb[:rows, :, start:end] = k
         vb[:rows, :, start:end] = v
         return kb[:rows, :, :end], vb[:rows, :, :end]

@@ -38,7 +38,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         for i in range(0, len(labels), args.batch_size):
             chunk = labels_t[i:i + args.batch_size]
             out = pipe.generate(chunk, seed=args.seed + i, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
-                                more_smooth=args.more_smooth, layer_plan=plan)
+                                more_smooth=args.more_smooth, layer_plan=plan,
+                                transient_last_scale=args.transient_last_scale)
             images.append(out.images.cpu())
             bar.update(len(chunk))
     images_t = torch.cat(images)

@@ -83,6 +83,8 @@ def add_depth_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--switch-scale", type=int, default=None, help="scales run at full depth before the switch")
     g.add_argument("--memory-budget", type=parse_bytes, default=None,
                    help="KV-cache budget per batch, e.g. 200MB: picks the deepest plan that fits")
+    g.add_argument("--transient-last-scale", action="store_true",
+                   help="keep the final scale's keys/values out of the KV cache (about a third less KV memory)")
 
 
 def depth_plan_from_args(pipe, args: argparse.Namespace, batch: int):

@@ -16,7 +16,7 @@ from .checkpoints import (adapt_tokenizer_state_dict, infer_tokenizer_config, in
                           read_state_dict, save_pretrained)
 from .config import OFFICIAL_PATCH_NUMS_256, ModelConfig, SamplingConfig
 from .errors import CheckpointError, ConfigError, InputError
-from .sampling import LayerPlan, ScaleHook, ScaleStats, layer_capacities, sample
+from .sampling import LayerPlan, ScaleHook, ScaleStats, last_run_scales, layer_capacities, sample
 from .tokenizer import Tokenizer
 from .transformer import VARTransformer
 from .variant import DepthPlan
@@ -227,11 +227,21 @@ class Pipeline:
                          f"(the smallest needs {smallest:,}); lower the batch size")
 
     # ------------------------------------------------------------------ generation
-    def kv_bytes_per_image(self, cfg: float = 1.5, layer_plan: LayerPlan | None = None) -> int:
-        """Analytic KV-cache bytes for one image (CFG doubles the rows unless cfg == 0)."""
+    def kv_bytes_per_image(self, cfg: float = 1.5, layer_plan: LayerPlan | None = None,
+                           transient_last_scale: bool = False) -> int:
+        """Analytic peak KV-cache bytes for one image (CFG doubles the rows unless cfg == 0).
+
+        With transient_last_scale the peak is the larger of the cache at the start and, at the
+        final scale, the layers still held plus one layer's full-length keys/values.
+        """
         t = self.config.transformer
-        caps = layer_capacities(layer_plan, t.depth, [e for _, e in t.scale_ranges()])
-        return analytic_kv_bytes(batch=1, embed_dim=t.embed_dim, capacities=caps, cfg_factor=2 if cfg else 1,
+        caps = layer_capacities(layer_plan, t.depth, [e for _, e in t.scale_ranges()], transient_last_scale)
+        entries = sum(caps)
+        if transient_last_scale:
+            last = last_run_scales(layer_plan, t.depth, t.num_scales)
+            held = sum(c for c, s in zip(caps, last) if s == t.num_scales - 1)
+            entries = max(entries, held + t.num_tokens)
+        return analytic_kv_bytes(batch=1, embed_dim=t.embed_dim, capacities=[entries], cfg_factor=2 if cfg else 1,
                                  dtype=self.transformer.pos_1LC.dtype)
 
     @torch.no_grad()
@@ -240,7 +250,8 @@ class Pipeline:
                  top_k: int = 900,
                  top_p: float = 0.96, more_smooth: bool = False, depth: int | None = None,
                  switch_scale: int | None = None, layer_plan: LayerPlan | None = None,
-                 hooks: Sequence[ScaleHook] = (), decode: bool = True) -> GenerateOutput:
+                 hooks: Sequence[ScaleHook] = (), transient_last_scale: bool = False,
+                 decode: bool = True) -> GenerateOutput:
         """Sample class-conditional images. Returns images in [0, 1], tokens and timing/memory stats.
 
         With labels=None, `batch` random classes are drawn first from the seeded generator.
@@ -248,6 +259,7 @@ class Pipeline:
         then independent of the rest of the batch).
         depth/switch_scale: run the depth-`depth` subnet after the first `switch_scale` scales
         (same weights, nothing reloaded); layer_plan: any custom LayerPlan instead.
+        transient_last_scale: keep the final scale's keys/values out of the KV cache (less memory).
         Raises InputError/ConfigError for bad ids or settings.
         """
         settings = SamplingConfig(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
@@ -274,7 +286,7 @@ class Pipeline:
             torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
         result = sample(self.transformer, self.tokenizer.quantize, labels_B, settings, generator=generator,
-                        layer_plan=layer_plan, hooks=hooks)
+                        layer_plan=layer_plan, hooks=hooks, transient_last_scale=transient_last_scale)
         t1 = time.perf_counter()
         images = None
         if decode:

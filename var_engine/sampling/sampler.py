@@ -60,23 +60,42 @@ class SampleResult:
     seconds: float = 0.0
 
 
-def layer_capacities(plan: LayerPlan | None, depth: int, scale_ends: Sequence[int]) -> list[int]:
-    """Tokens each layer must cache: up to the end of the last scale it runs.
+def last_run_scales(plan: LayerPlan | None, depth: int, num_scales: int) -> list[int]:
+    """For each layer, the last scale index at which the plan runs it (-1: never).
 
     A plan must never run a layer again after skipping it (its cache would have a hole).
     """
-    caps = [0] * depth
+    last = [-1] * depth
     for layer in range(depth):
         stopped = False
-        for si, end in enumerate(scale_ends):
-            layers = range(depth) if plan is None else plan(si)
+        for si in range(num_scales):
+            layers = None if plan is None else plan(si)
             runs = layers is None or layer in layers
             if runs and stopped:
                 raise ValueError(f"layer plan runs layer {layer} at scale {si} after skipping it")
             if runs:
-                caps[layer] = end
+                last[layer] = si
             else:
                 stopped = True
+    return last
+
+
+def layer_capacities(plan: LayerPlan | None, depth: int, scale_ends: Sequence[int],
+                     transient_last_scale: bool = False) -> list[int]:
+    """Tokens each layer must cache: up to the end of the last scale it runs.
+
+    With transient_last_scale the final scale's keys/values are never stored (they are read only
+    by the final scale itself), so layers that run it cache up to the previous scale.
+    """
+    K = len(scale_ends)
+    caps = []
+    for s in last_run_scales(plan, depth, K):
+        if s < 0:
+            caps.append(0)
+        elif s == K - 1 and transient_last_scale and K > 1:
+            caps.append(scale_ends[-2])
+        else:
+            caps.append(scale_ends[s])
     return caps
 
 
@@ -88,14 +107,16 @@ def _sync(device: torch.device) -> None:
 @torch.no_grad()
 def sample(transformer: VARTransformer, quantizer: MultiScaleQuantizer, labels_B: torch.Tensor,
            settings: SamplingConfig, *, generator: Generators = None,
-           layer_plan: LayerPlan | None = None, hooks: Sequence[ScaleHook] = ()) -> SampleResult:
+           layer_plan: LayerPlan | None = None, hooks: Sequence[ScaleHook] = (),
+           transient_last_scale: bool = False) -> SampleResult:
     """Sample token maps for `labels_B` scale by scale; returns tokens and the final f_hat.
 
     Parity with the release: the same generator draws one multinomial per scale over the
     (B*l, V) guided probabilities. A list of per-sample generators makes every sample
     independent of its batch (used for reproducible, shardable batch generation); they follow
     the population when hooks reindex it. With cfg == 0 the unconditional half is skipped
-    (identical tokens, half the work).
+    (identical tokens, half the work). transient_last_scale keeps the final scale's keys/values
+    out of the cache (one layer's worth exists at a time): about a third less peak KV memory.
     """
     if isinstance(generator, Sequence) and len(generator) != labels_B.shape[0]:
         raise ValueError(f"{len(generator)} generators for {labels_B.shape[0]} samples")
@@ -111,9 +132,10 @@ def sample(transformer: VARTransformer, quantizer: MultiScaleQuantizer, labels_B
     t0 = time.perf_counter()
     rows = torch.cat((labels_B, torch.full_like(labels_B, cfg_t.num_classes))) if guided else labels_B
     cond = transformer.condition(rows)
+    last_run = last_run_scales(layer_plan, cfg_t.depth, K)
     cache = KVCache(batch=B, num_heads=cfg_t.num_heads, head_dim=cfg_t.head_dim,
-                    capacities=layer_capacities(layer_plan, cfg_t.depth, [e for _, e in ranges]),
-                    cfg_factor=halves, dtype=cond.cond_BD.dtype, device=device)
+                    capacities=layer_capacities(layer_plan, cfg_t.depth, [e for _, e in ranges], transient_last_scale),
+                    cfg_factor=halves, dtype=cond.cond_BD.dtype, device=device, transient_tail=transient_last_scale)
     H = patch_nums[-1]
     f_hat = cond.cond_BD.new_zeros(B, cfg_t.z_channels, H, H)
     x = transformer.first_input(cond)
@@ -152,7 +174,7 @@ def sample(transformer: VARTransformer, quantizer: MultiScaleQuantizer, labels_B
             cache.reindex(keep)
         if si + 1 < K:
             # release caches of layers no later scale runs
-            cache.release(l for l, cap in enumerate(cache.capacities) if 0 < cap <= ranges[si][1])
+            cache.release(layer for layer, last in enumerate(last_run) if last == si)
             x = transformer.scale_input(next_map, si + 1)
             if guided:
                 x = x.repeat(2, 1, 1)
