@@ -82,6 +82,9 @@ def test_memory_planner_picks_deepest_plan_that_fits(tiny_pipeline):
     assert 2 * pipe.kv_bytes_per_image(1.5, plan) <= 2 * full - 1
     with pytest.raises(InputError, match="no depth plan fits"):
         pipe.plan_for_memory(2, 100)
+    lean = pipe.kv_bytes_per_image(1.5, None, transient_last_scale=True)
+    assert pipe.plan_for_memory(2, 2 * lean, transient_last_scale=True) is None  # the full network fits then
+    assert pipe.plan_for_memory(2, 2 * lean) is not None
 
 
 def test_subnet_on_plain_checkpoint_warns(tiny_pipeline, caplog):

@@ -91,5 +91,6 @@ def depth_plan_from_args(pipe, args: argparse.Namespace, batch: int):
     if args.memory_budget is not None:
         if args.depth is not None or args.switch_scale is not None:
             raise VarEngineError("--memory-budget chooses the depth plan itself; drop --depth/--switch-scale")
-        return pipe.plan_for_memory(batch, args.memory_budget, cfg=args.cfg)
+        return pipe.plan_for_memory(batch, args.memory_budget, cfg=args.cfg,
+                                    transient_last_scale=getattr(args, "transient_last_scale", False))
     return pipe.depth_plan(args.depth, args.switch_scale)

@@ -207,22 +207,28 @@ class Pipeline:
             log.warning("this checkpoint was not trained as a supernet: depth-%d subnet quality is untrained", depth)
         return plan
 
-    def plan_for_memory(self, batch: int, bytes_budget: int, cfg: float = 1.5) -> DepthPlan | None:
+    def plan_for_memory(self, batch: int, bytes_budget: int, cfg: float = 1.5,
+                        transient_last_scale: bool = False) -> DepthPlan | None:
         """The deepest subnet, then the latest switch scale, whose KV cache for `batch` images fits.
 
-        Returns None when the full network fits; raises InputError when nothing does.
+        Returns None when the full network fits; raises InputError when nothing does. Pass
+        transient_last_scale when generating with it (the budget then covers its lower peak).
         """
         if batch < 1 or bytes_budget <= 0:
             raise InputError(f"batch must be >= 1 and the budget > 0 bytes, got {batch}, {bytes_budget}")
         D, K = self.config.depth, self.config.transformer.num_scales
-        if batch * self.kv_bytes_per_image(cfg) <= bytes_budget:
+        def fits(plan: DepthPlan | None) -> bool:
+            return batch * self.kv_bytes_per_image(cfg, plan, transient_last_scale) <= bytes_budget
+
+        if fits(None):
             return None
         for depth in range(D - 1, 0, -1):
             for switch in range(K, 0, -1):
                 plan = DepthPlan(D, depth, switch, self.config.patch_nums)
-                if batch * self.kv_bytes_per_image(cfg, plan) <= bytes_budget:
+                if fits(plan):
                     return plan
-        smallest = batch * self.kv_bytes_per_image(cfg, DepthPlan(D, 1, 1, self.config.patch_nums))
+        smallest = batch * self.kv_bytes_per_image(cfg, DepthPlan(D, 1, 1, self.config.patch_nums),
+                                                   transient_last_scale)
         raise InputError(f"no depth plan fits {bytes_budget:,} bytes for batch {batch} "
                          f"(the smallest needs {smallest:,}); lower the batch size")
 
