@@ -1,6 +1,5 @@
 """Bad input gets a clear, typed error."""
 import math
-import pickle
 
 import pytest
 import torch

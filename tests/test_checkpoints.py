@@ -30,6 +30,9 @@ def test_pretrained_errors(tmp_path):
     (tmp_path / "config.json").write_text('{"format": "something-else"}')
     with pytest.raises(CheckpointError, match="not a var-engine config"):
         Pipeline.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text('{"format": "var-engine", "format_version": 99}')
+    with pytest.raises(CheckpointError, match="format version 99 is newer"):
+        Pipeline.from_pretrained(tmp_path)
 
 
 def test_official_d16_layout_parameter_count():

@@ -146,10 +146,13 @@ def infer_tokenizer_config(sd: Mapping[str, torch.Tensor], patch_nums: tuple[int
 
 # ----------------------------------------------------------------------------- loading into modules
 def adapt_tokenizer_state_dict(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """The training-only `quantize.ema_vocab_hit_SV` may have another row count: replace it."""
+    """The training-only `quantize.ema_vocab_hit_SV` may have another row count: replace it.
+
+    Returns `sd` unchanged for modules without that buffer.
+    """
     key = "quantize.ema_vocab_hit_SV"
-    own = model.state_dict()[key]
-    if key in sd and sd[key].shape != own.shape:
+    own = model.state_dict().get(key)
+    if own is not None and key in sd and sd[key].shape != own.shape:
         sd = {**sd, key: torch.zeros(own.shape, dtype=own.dtype)}
     return sd
 
@@ -194,11 +197,11 @@ def write_tensors(directory: Path, name: str, module: nn.Module, dtype: torch.dt
 
 
 def save_pretrained(directory: str | Path, config: ModelConfig, components: Mapping[str, nn.Module],
-                    extra_config: Mapping[str, Any] | None = None) -> Path:
-    """Write `config.json` and one `<name>.safetensors` per component (e.g. tokenizer, transformer)."""
+                    extra_config: Mapping[str, Any] | None = None, dtype: torch.dtype | None = None) -> Path:
+    """Write `config.json` and one `<name>.safetensors` per component (floats cast to `dtype` if given)."""
     directory = Path(directory)
     for name, module in components.items():
-        write_tensors(directory, name, module)
+        write_tensors(directory, name, module, dtype)
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **config.to_dict(),
             "components": sorted(set(components) | set(_existing_components(directory))),
             **dict(extra_config or {})}
@@ -215,16 +218,12 @@ def _existing_components(directory: Path) -> list[str]:
 def read_pretrained_config(directory: str | Path) -> dict[str, Any]:
     """The parsed `config.json` of a var-engine checkpoint directory."""
     directory = Path(directory).expanduser()
-    meta = _read_json(directory / CONFIG_FILE,
-                      f"{directory} is not a var-engine checkpoint: {CONFIG_FILE} not found")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format version {meta['format_version']} is newer than this "
-                              f"var-engine understands ({FORMAT_VERSION}); upgrade var-engine")
-    return meta
+    return _read_json(directory / CONFIG_FILE, f"{directory} is not a var-engine checkpoint: {CONFIG_FILE} not found")
 
 
-def read_model_config(directory: str | Path) -> ModelConfig:
-    meta = read_pretrained_config(directory)
+def read_model_config(directory: str | Path, meta: dict[str, Any] | None = None) -> ModelConfig:
+    """The model config of a checkpoint directory (from `meta` when its config.json was already read)."""
+    meta = read_pretrained_config(directory) if meta is None else meta
     try:
         return ModelConfig.from_dict(meta)
     except ConfigError as e:
@@ -240,10 +239,17 @@ def read_component(directory: str | Path, name: str) -> dict[str, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------- single components
-def save_module(directory: str | Path, name: str, module: nn.Module, config: Mapping[str, Any]) -> Path:
-    """Write `<name>.safetensors` and `<name>.json` (its config) into `directory`."""
+def load_component(module: nn.Module, directory: str | Path, name: str) -> nn.Module:
+    """Strictly load `<name>.safetensors` of a checkpoint directory into `module`."""
+    load_weights(module, adapt_tokenizer_state_dict(read_component(directory, name), module), name)
+    return module
+
+
+def save_module(directory: str | Path, name: str, module: nn.Module, config: Mapping[str, Any],
+                dtype: torch.dtype | None = None) -> Path:
+    """Write `<name>.safetensors` (floats cast to `dtype` if given) and `<name>.json` (its config)."""
     directory = Path(directory)
-    write_tensors(directory, name, module)
+    write_tensors(directory, name, module, dtype)
     tmp = directory / f".{name}.json.tmp"
     tmp.write_text(json.dumps({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **dict(config)}, indent=1))
     tmp.replace(directory / f"{name}.json")
@@ -268,4 +274,7 @@ def _read_json(path: Path, missing: str) -> dict[str, Any]:
         raise CheckpointError(f"{path}: invalid JSON ({e})") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path}: not a var-engine config (format field missing or wrong)")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format version {meta['format_version']} is newer than this "
+                              f"var-engine understands ({FORMAT_VERSION}); upgrade var-engine")
     return meta

@@ -11,6 +11,13 @@ from .training import TrainConfig
 DTYPES = {"float32": None, "float16": "float16", "bfloat16": "bfloat16"}
 
 
+def save_dtype(name: str):
+    """--save-dtype value -> torch dtype (None keeps float32)."""
+    import torch
+
+    return None if DTYPES[name] is None else getattr(torch, DTYPES[name])
+
+
 def add_train_args(p: argparse.ArgumentParser, *, steps: int, batch_size: int, lr: float, ema: float) -> None:
     g = p.add_argument_group("optimisation")
     g.add_argument("--out", required=True, help="run directory (checkpoints, metrics, sample PNGs); resumes if present")
@@ -90,9 +97,6 @@ cmd_train_tokenizer.configure = _configure_train_tokenizer
 # ---------------------------------------------------------------------------------- transformer
 @command("train", "train the VAR transformer on a trained tokenizer (optionally as a VARiant supernet)")
 def cmd_train(args: argparse.Namespace) -> int:
-    import torch
-
-    from .checkpoints import write_tensors
     from .train_tokenizer import load_tokenizer
     from .train_transformer import train_transformer
     from .variant import SupernetPlan, SupernetSchedule
@@ -123,14 +127,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         plan = SupernetPlan(var_cfg.depth, var_cfg.patch_nums, tuple(args.depths), tuple(args.switch_scales),
                             args.steps, SupernetSchedule.parse(args.schedule), seed=args.seed)
     cfg = train_config(args)
-    model = train_transformer(model_cfg, tokenizer, cfg, train, heldout, plan=plan, init_from=init_from,
-                              augment_copies=args.augment_copies, label_smoothing=args.label_smoothing,
-                              extra_config=extra, progress=not args.no_progress)
-    if args.save_dtype != "float32":
-        from pathlib import Path
-
-        write_tensors(Path(args.out), "transformer", model, getattr(torch, args.save_dtype))
-        write_tensors(Path(args.out), "tokenizer", tokenizer, getattr(torch, args.save_dtype))
+    train_transformer(model_cfg, tokenizer, cfg, train, heldout, plan=plan, init_from=init_from,
+                      augment_copies=args.augment_copies, label_smoothing=args.label_smoothing,
+                      extra_config=extra, save_dtype=save_dtype(args.save_dtype), progress=not args.no_progress)
     print(f"checkpoint written to {args.out}")
     return 0
 
@@ -164,22 +163,16 @@ cmd_train.configure = _configure_train
 # ---------------------------------------------------------------------------------- evaluator
 @command("train-evaluator", "train the small classifier used for accuracy, FID-style distance and rewards")
 def cmd_train_evaluator(args: argparse.Namespace) -> int:
-    import torch
-
-    from .checkpoints import write_tensors
     from .evaluator import EvaluatorConfig, accuracy, train_evaluator
 
     train, heldout = _datasets(args, args.image_size)
     num_classes = getattr(train, "num_classes", None) or len(train.classes)
     held = heldout.tensors() if heldout is not None else None
     model = train_evaluator(EvaluatorConfig(num_classes=num_classes, image_size=args.image_size, width=args.width),
-                            train_config(args), train, held, progress=not args.no_progress)
+                            train_config(args), train, held, progress=not args.no_progress,
+                            save_dtype=save_dtype(args.save_dtype))
     if held is not None:
         print(f"held-out accuracy: {accuracy(model, held[0].add(1).mul(0.5), held[1]):.4f}")
-    if args.save_dtype != "float32":
-        from pathlib import Path
-
-        write_tensors(Path(args.out), "evaluator", model, getattr(torch, args.save_dtype))
     print(f"evaluator written to {args.out}")
     return 0
 

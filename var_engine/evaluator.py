@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from .checkpoints import load_weights, read_component, read_module_config, save_module
+from .checkpoints import load_component, read_module_config, save_module
 from .errors import ConfigError
 from .training import (MetricsLog, TrainConfig, infinite_batches, load_state, lr_at, make_optimizer,
                        run_fingerprint, save_state, start_run)
@@ -87,15 +87,13 @@ class FeatureExtractor(nn.Module):
         return self.evaluator.features(images)
 
 
-def save_evaluator(directory: str | Path, evaluator: Evaluator) -> Path:
-    return save_module(directory, "evaluator", evaluator, evaluator.cfg.to_dict())
+def save_evaluator(directory: str | Path, evaluator: Evaluator, dtype: torch.dtype | None = None) -> Path:
+    return save_module(directory, "evaluator", evaluator, evaluator.cfg.to_dict(), dtype)
 
 
 def load_evaluator(directory: str | Path) -> Evaluator:
     cfg = EvaluatorConfig(**read_module_config(directory, "evaluator"))
-    model = Evaluator(cfg)
-    load_weights(model, read_component(directory, "evaluator"), "evaluator")
-    return model.eval()
+    return load_component(Evaluator(cfg), directory, "evaluator").eval()
 
 
 @torch.no_grad()
@@ -111,10 +109,11 @@ def accuracy(evaluator: Evaluator, images01: torch.Tensor, labels: torch.Tensor,
 
 
 def train_evaluator(cfg: EvaluatorConfig, train: TrainConfig, dataset: Dataset,
-                    heldout: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True) -> Evaluator:
+                    heldout: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True,
+                    save_dtype: torch.dtype | None = None) -> Evaluator:
     """Train the classifier (cross-entropy, AdamW); saves `evaluator.safetensors` + `.json` in train.out_dir.
 
-    heldout: (images in [-1, 1], labels) used for the accuracy log.
+    heldout: (images in [-1, 1], labels) used for the accuracy log. save_dtype: dtype of the written weights.
     """
     ctx = start_run(train)
     out = Path(train.out_dir)
@@ -154,6 +153,6 @@ def train_evaluator(cfg: EvaluatorConfig, train: TrainConfig, dataset: Dataset,
     bar.close()
     model.eval()
     if ctx.is_main:
-        save_evaluator(out, model)
+        save_evaluator(out, model, save_dtype)
     ctx.barrier()
     return model

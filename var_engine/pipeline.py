@@ -12,7 +12,7 @@ import torch
 
 from .cache import analytic_kv_bytes
 from .checkpoints import (adapt_tokenizer_state_dict, infer_tokenizer_config, infer_transformer_config,
-                          load_weights, read_component, read_model_config, read_pretrained_config,
+                          load_component, load_weights, read_model_config, read_pretrained_config,
                           read_state_dict, save_pretrained)
 from .config import OFFICIAL_PATCH_NUMS_256, ModelConfig, SamplingConfig
 from .errors import CheckpointError, ConfigError, InputError
@@ -88,11 +88,9 @@ class Pipeline:
         """Load a var-engine checkpoint directory; None or 'default' is the embedded default model."""
         directory = default_checkpoint_dir() if path in (None, "default") else Path(path).expanduser()
         meta = read_pretrained_config(directory)
-        config = read_model_config(directory)
-        tokenizer, transformer = Tokenizer(config.tokenizer), VARTransformer(config.transformer)
-        load_weights(tokenizer, adapt_tokenizer_state_dict(read_component(directory, "tokenizer"), tokenizer),
-                     "tokenizer")
-        load_weights(transformer, read_component(directory, "transformer"), "transformer")
+        config = read_model_config(directory, meta)
+        tokenizer = load_component(Tokenizer(config.tokenizer), directory, "tokenizer")
+        transformer = load_component(VARTransformer(config.transformer), directory, "transformer")
         meta["path"] = str(directory)
         components = {}
         if (directory / "evaluator.safetensors").is_file():
@@ -241,10 +239,10 @@ class Pipeline:
         final scale, the layers still held plus one layer's full-length keys/values.
         """
         t = self.config.transformer
-        caps = layer_capacities(layer_plan, t.depth, [e for _, e in t.scale_ranges()], transient_last_scale)
+        last = last_run_scales(layer_plan, t.depth, t.num_scales)
+        caps = layer_capacities(last, [e for _, e in t.scale_ranges()], transient_last_scale)
         entries = sum(caps)
         if transient_last_scale:
-            last = last_run_scales(layer_plan, t.depth, t.num_scales)
             held = sum(c for c, s in zip(caps, last) if s == t.num_scales - 1)
             entries = max(entries, held + t.num_tokens)
         return analytic_kv_bytes(batch=1, embed_dim=t.embed_dim, capacities=[entries], cfg_factor=2 if cfg else 1,

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .checkpoints import read_module_config, save_module, load_weights, read_component
+from .checkpoints import load_component, read_model_config, read_module_config, save_module
 from .config import TokenizerConfig
 from .images import save_grid
 from .tokenizer import Tokenizer
@@ -141,13 +141,9 @@ def train_tokenizer(tok_cfg: TokenizerConfig, cfg: TrainConfig, dataset: Dataset
 
 def load_tokenizer(directory: str | Path) -> Tokenizer:
     """A tokenizer saved by `train_tokenizer` (or the tokenizer of a full checkpoint directory)."""
-    from .checkpoints import adapt_tokenizer_state_dict, read_model_config
-
     directory = Path(directory)
     if (directory / "tokenizer.json").is_file():
         cfg = TokenizerConfig.from_dict(read_module_config(directory, "tokenizer"))
     else:
         cfg = read_model_config(directory).tokenizer
-    tok = Tokenizer(cfg)
-    load_weights(tok, adapt_tokenizer_state_dict(read_component(directory, "tokenizer"), tok), "tokenizer")
-    return tok.eval()
+    return load_component(Tokenizer(cfg), directory, "tokenizer").eval()

@@ -108,10 +108,11 @@ def train_transformer(model_cfg: ModelConfig, tokenizer: Tokenizer, cfg: TrainCo
                       trainable: Callable[[VARTransformer], Iterable[nn.Parameter]] | None = None,
                       init_from: VARTransformer | None = None, augment_copies: int = 1,
                       label_smoothing: float = 0.0, extra_config: dict | None = None,
-                      progress: bool = True) -> VARTransformer:
+                      save_dtype: torch.dtype | None = None, progress: bool = True) -> VARTransformer:
     """Train (or resume) in cfg.out_dir; writes a var-engine checkpoint directory there (EMA weights).
 
     extra_config: recorded in the checkpoint's config.json (e.g. {"variant": ...} for supernets).
+    save_dtype: dtype of the written weights (e.g. torch.float16 to ship a smaller checkpoint).
     """
     ctx = start_run(cfg)
     out = Path(cfg.out_dir)
@@ -183,6 +184,7 @@ def train_transformer(model_cfg: ModelConfig, tokenizer: Tokenizer, cfg: TrainCo
     bar.close()
     final_model = (ema.shadow if ema is not None else model).eval()
     if ctx.is_main:
-        save_pretrained(out, model_cfg, {"tokenizer": tokenizer, "transformer": final_model}, extra_config)
+        save_pretrained(out, model_cfg, {"tokenizer": tokenizer, "transformer": final_model}, extra_config,
+                        save_dtype)
     ctx.barrier()
     return final_model

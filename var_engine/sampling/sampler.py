@@ -80,16 +80,16 @@ def last_run_scales(plan: LayerPlan | None, depth: int, num_scales: int) -> list
     return last
 
 
-def layer_capacities(plan: LayerPlan | None, depth: int, scale_ends: Sequence[int],
+def layer_capacities(last_run: Sequence[int], scale_ends: Sequence[int],
                      transient_last_scale: bool = False) -> list[int]:
-    """Tokens each layer must cache: up to the end of the last scale it runs.
+    """Tokens each layer must cache: up to the end of the last scale it runs (`last_run_scales`).
 
     With transient_last_scale the final scale's keys/values are never stored (they are read only
     by the final scale itself), so layers that run it cache up to the previous scale.
     """
     K = len(scale_ends)
     caps = []
-    for s in last_run_scales(plan, depth, K):
+    for s in last_run:
         if s < 0:
             caps.append(0)
         elif s == K - 1 and transient_last_scale and K > 1:
@@ -134,7 +134,7 @@ def sample(transformer: VARTransformer, quantizer: MultiScaleQuantizer, labels_B
     cond = transformer.condition(rows)
     last_run = last_run_scales(layer_plan, cfg_t.depth, K)
     cache = KVCache(batch=B, num_heads=cfg_t.num_heads, head_dim=cfg_t.head_dim,
-                    capacities=layer_capacities(layer_plan, cfg_t.depth, [e for _, e in ranges], transient_last_scale),
+                    capacities=layer_capacities(last_run, [e for _, e in ranges], transient_last_scale),
                     cfg_factor=halves, dtype=cond.cond_BD.dtype, device=device, transient_tail=transient_last_scale)
     H = patch_nums[-1]
     f_hat = cond.cond_BD.new_zeros(B, cfg_t.z_channels, H, H)
