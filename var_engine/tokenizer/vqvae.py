@@ -15,12 +15,50 @@ def _norm(channels: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
 
+# Nearest 2x upsampling followed by a 3x3 convolution equals, for each of the four output phases,
+# a 2x2 convolution of the low-resolution input with summed taps: rows (i-1, i) see kernel rows
+# (0, 1+2) for even outputs, rows (i, i+1) see (0+1, 2) for odd ones (same for columns).
+_PHASE_TAPS = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]],
+                            [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])  # (phase, 2 taps, 3 kernel rows)
+
+
+def subpixel_weight(weight: torch.Tensor) -> torch.Tensor:
+    """(Cout, Cin, 3, 3) -> (4 * Cout, Cin, 2, 2): one 2x2 kernel per output phase (a, b)."""
+    taps = _PHASE_TAPS.to(weight)
+    w = torch.einsum("apk,bql,oikl->aboipq", taps, taps, weight)
+    return w.reshape(4 * weight.shape[0], weight.shape[1], 2, 2)
+
+
+def upsample_conv_subpixel(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """conv3x3(nearest_upsample_2x(x)) with 4/9 of the multiply-adds, equal up to float rounding."""
+    B, _, H, W = x.shape
+    cout = weight.shape[0]
+    y = F.conv2d(x, subpixel_weight(weight), None if bias is None else bias.repeat(4), padding=1)
+    y = y.unflatten(1, (2, 2, cout))  # (B, a, b, Cout, H + 1, W + 1)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        out = x.new_empty(B, H, 2, W, 2, cout)
+        for a in (0, 1):
+            for b in (0, 1):
+                out[:, :, a, :, b] = y[:, a, b, :, a:a + H, b:b + W].permute(0, 2, 3, 1)
+        return out.view(B, 2 * H, 2 * W, cout).permute(0, 3, 1, 2)
+    out = x.new_empty(B, cout, H, 2, W, 2)
+    for a in (0, 1):
+        for b in (0, 1):
+            out[:, :, :, a, :, b] = y[:, a, b, :, a:a + H, b:b + W]
+    return out.view(B, cout, 2 * H, 2 * W)
+
+
 class Upsample2x(nn.Module):
+    """Nearest 2x upsampling + 3x3 conv; in eval mode computed as four 2x2 sub-pixel convolutions."""
+
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=1, padding=1)
+        self.subpixel = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.subpixel and not self.training:
+            return upsample_conv_subpixel(x, self.conv.weight, self.conv.bias)
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
@@ -46,9 +84,10 @@ class ResnetBlock(nn.Module):
                              if in_channels != out_channels else nn.Identity())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.nin_shortcut(x) + h
+        inplace = not torch.is_grad_enabled()  # saves an activation-sized allocation when decoding
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=inplace)))
+        return h.add_(self.nin_shortcut(x)) if inplace else self.nin_shortcut(x) + h
 
 
 class AttnBlock(nn.Module):
