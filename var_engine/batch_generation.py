@@ -56,6 +56,7 @@ class BatchSettings:
     top_p: float = 0.96
     depth: int | None = None
     switch_scale: int | None = None
+    precision: str = "fp32"  # autocast precision; part of the manifest because it changes the images
 
 
 def plan_jobs(classes: Sequence[int], per_class: int) -> list[Job]:
@@ -104,7 +105,8 @@ def generate_folder(pipe: Pipeline, outdir: str | Path, settings: BatchSettings,
               unit="img", desc=f"sample[{ctx.rank}]", disable=not progress) as bar:
         for chunk in todo:
             out = pipe.generate([j.class_id for j in chunk], seed=[j.seed(settings.seed) for j in chunk],
-                                cfg=settings.cfg, top_k=settings.top_k, top_p=settings.top_p, layer_plan=plan)
+                                cfg=settings.cfg, top_k=settings.top_k, top_p=settings.top_p, layer_plan=plan,
+                                precision=settings.precision)
             for job, image in zip(chunk, out.images.cpu()):
                 if not (outdir / job.filename).is_file():
                     save_png(image, outdir / job.filename)

@@ -16,7 +16,7 @@ class KVCache:
 
     def __init__(self, *, batch: int, num_heads: int, head_dim: int, capacities: Sequence[int],
                  cfg_factor: int = 2, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu", transient_tail: bool = False):
+                 device: torch.device | str = "cpu", transient_tail: bool = False, static: bool = False):
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         if cfg_factor not in (1, 2):
@@ -31,6 +31,11 @@ class KVCache:
         # transient_tail: a write that starts exactly at a layer's capacity (the final scale) is
         # attended without being stored; only one layer's concatenation exists at a time
         self.transient_tail = transient_tail
+        # static: buffers never move or get freed (release only stops their use), so captured CUDA
+        # graphs and compiled code that hold their addresses stay valid from call to call
+        self.static = static
+        self.full_batch = batch
+        self.released: set[int] = set()
         for layer, cap in enumerate(self.capacities):
             if cap > 0:
                 self.allocate(layer, cap)
@@ -52,13 +57,25 @@ class KVCache:
         self._track_peak()
 
     def release(self, layers: Iterable[int]) -> None:
-        """Free the buffers of `layers`; they can no longer be read or written."""
+        """Free the buffers of `layers` (a static cache keeps them); they can no longer be used."""
         for layer in layers:
-            self.k[layer] = self.v[layer] = None
-            self.capacities[layer] = 0
+            self.released.add(layer)
+            if not self.static:
+                self.k[layer] = self.v[layer] = None
+                self.capacities[layer] = 0
+
+    def reset(self) -> None:
+        """Make a static cache ready for a new sampling call: full batch, every layer usable again."""
+        if not self.static:
+            raise RuntimeError("only a static cache can be reused; make a new KVCache instead")
+        self.batch = self.full_batch
+        self.released.clear()
+        self.peak_bytes = self.nbytes()
 
     def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (rows, H, l, D) at token offset `start`; return views of tokens [0, start + l)."""
+        if layer in self.released:
+            raise RuntimeError(f"layer {layer}: its cache was released")
         kb, vb = self.k[layer], self.v[layer]
         end = start + k.shape[2]
         rows = self.rows

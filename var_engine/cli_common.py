@@ -39,6 +39,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--attention", default="auto", choices=["auto", "sdpa", "math", "xformers"],
                    help="attention backend (auto: PyTorch SDPA; xformers needs CUDA and the 'gpu' extra)")
+    p.add_argument("--runner", default="eager", choices=["eager", "compile", "cuda-graphs"],
+                   help="how scale steps execute: eager (reference), torch.compile, or CUDA graphs (GPU)")
+    p.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"],
+                   help="torch.compile mode for --runner compile")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision (fp32 is the reference; bf16/fp16 for GPUs)")
 
 
 def load_pipeline(args: argparse.Namespace):
@@ -49,9 +55,12 @@ def load_pipeline(args: argparse.Namespace):
     if args.official_vae or args.official_var:
         if not (args.official_vae and args.official_var):
             raise VarEngineError("--official-vae and --official-var go together")
-        return Pipeline.from_official(args.official_vae, args.official_var, patch_nums=args.patch_nums,
+        pipe = Pipeline.from_official(args.official_vae, args.official_var, patch_nums=args.patch_nums,
                                       num_heads=args.num_heads, device=args.device, attention=args.attention)
-    return Pipeline.from_pretrained(args.checkpoint, device=args.device, attention=args.attention)
+    else:
+        pipe = Pipeline.from_pretrained(args.checkpoint, device=args.device, attention=args.attention)
+    pipe.autocast(args.precision)  # checks the precision fits the device before any work
+    return pipe.with_runner(args.runner, args.compile_mode)
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:

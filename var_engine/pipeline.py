@@ -16,7 +16,8 @@ from .checkpoints import (adapt_tokenizer_state_dict, infer_tokenizer_config, in
                           read_state_dict, save_pretrained)
 from .config import OFFICIAL_PATCH_NUMS_256, ModelConfig, SamplingConfig
 from .errors import CheckpointError, ConfigError, InputError
-from .sampling import LayerPlan, ScaleHook, ScaleStats, last_run_scales, layer_capacities, sample
+from .sampling import (EagerRunner, LayerPlan, ScaleHook, ScaleStats, last_run_scales, layer_capacities,
+                       make_runner, sample)
 from .tokenizer import Tokenizer
 from .transformer import VARTransformer
 from .variant import DepthPlan
@@ -24,6 +25,7 @@ from .variant import DepthPlan
 log = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT_ENV = "VAR_ENGINE_CHECKPOINT"
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def default_checkpoint_dir() -> Path:
@@ -60,6 +62,7 @@ class Pipeline:
         self.config = config
         self.components = dict(components or {})  # extra modules shipped beside (e.g. an evaluator)
         self.meta = dict(meta or {})
+        self.runner: EagerRunner = EagerRunner()
         for p in (*self.tokenizer.parameters(), *self.transformer.parameters()):
             p.requires_grad_(False)
 
@@ -115,6 +118,26 @@ class Pipeline:
         """Choose the attention backend for the device the model is on ('auto', 'sdpa', 'math', 'xformers')."""
         self.transformer.set_attention(name)
         return self
+
+    def with_runner(self, name: str = "eager", compile_mode: str = "default") -> "Pipeline":
+        """How scale steps execute: 'eager' (reference), 'compile' (torch.compile with `compile_mode`:
+        'default', 'reduce-overhead', 'max-autotune'), 'cuda-graphs' (captured once per scale, CUDA only)."""
+        if name == "cuda-graphs" and self.device.type != "cuda":
+            raise ConfigError("the cuda-graphs runner needs the model on a CUDA device (--device cuda, or Pipeline.to('cuda'))")
+        try:
+            self.runner = make_runner(name, compile_mode)
+        except (ValueError, RuntimeError) as e:
+            raise ConfigError(str(e)) from e
+        return self
+
+    def autocast(self, precision: str) -> torch.autocast:
+        """The autocast context for 'fp32' (off), 'bf16' or 'fp16' on this pipeline's device."""
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+        dtype = PRECISIONS[precision]
+        if dtype is torch.float16 and self.device.type == "cpu":
+            raise ConfigError("fp16 needs a CUDA device; use bf16 (or fp32, the reference) on CPU")
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     @property
     def device(self) -> torch.device:
@@ -255,7 +278,7 @@ class Pipeline:
                  top_p: float = 0.96, more_smooth: bool = False, depth: int | None = None,
                  switch_scale: int | None = None, layer_plan: LayerPlan | None = None,
                  hooks: Sequence[ScaleHook] = (), transient_last_scale: bool = False,
-                 decode: bool = True) -> GenerateOutput:
+                 precision: str = "fp32", decode: bool = True) -> GenerateOutput:
         """Sample class-conditional images. Returns images in [0, 1], tokens and timing/memory stats.
 
         With labels=None, `batch` random classes are drawn first from the seeded generator.
@@ -264,9 +287,11 @@ class Pipeline:
         depth/switch_scale: run the depth-`depth` subnet after the first `switch_scale` scales
         (same weights, nothing reloaded); layer_plan: any custom LayerPlan instead.
         transient_last_scale: keep the final scale's keys/values out of the KV cache (less memory).
+        precision: 'fp32' (reference), or 'bf16'/'fp16' autocast for the transformer and the decoder.
         Raises InputError/ConfigError for bad ids or settings.
         """
         settings = SamplingConfig(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
+        autocast = self.autocast(precision)
         if depth is not None or switch_scale is not None:
             if layer_plan is not None:
                 raise InputError("give either depth/switch_scale or layer_plan, not both")
@@ -289,12 +314,15 @@ class Pipeline:
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
-        result = sample(self.transformer, self.tokenizer.quantize, labels_B, settings, generator=generator,
-                        layer_plan=layer_plan, hooks=hooks, transient_last_scale=transient_last_scale)
+        with autocast:
+            result = sample(self.transformer, self.tokenizer.quantize, labels_B, settings, generator=generator,
+                            layer_plan=layer_plan, hooks=hooks, transient_last_scale=transient_last_scale,
+                            runner=self.runner)
         t1 = time.perf_counter()
         images = None
         if decode:
-            images = self.tokenizer.fhat_to_images(result.f_hat).add_(1).mul_(0.5)
+            with autocast:
+                images = self.tokenizer.fhat_to_images(result.f_hat).float().add_(1).mul_(0.5)
             if cuda:
                 torch.cuda.synchronize(self.device)
         t2 = time.perf_counter()

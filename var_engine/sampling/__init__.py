@@ -1,7 +1,8 @@
 """Sampling: pure logit functions and the scale loop."""
 from .logits import cfg_mix, draw_tokens, guidance_scale, gumbel_smooth, top_k_top_p_
+from .runners import RUNNERS, CompiledRunner, CUDAGraphRunner, EagerRunner, make_runner
 from .sampler import (LayerPlan, SampleResult, ScaleHook, ScaleStats, ScaleStep, last_run_scales, layer_capacities,
                       sample)
 
-__all__ = ["LayerPlan", "SampleResult", "ScaleHook", "ScaleStats", "ScaleStep", "cfg_mix", "draw_tokens",
+__all__ = ["RUNNERS", "CUDAGraphRunner", "CompiledRunner", "EagerRunner", "make_runner", "LayerPlan", "SampleResult", "ScaleHook", "ScaleStats", "ScaleStep", "cfg_mix", "draw_tokens",
            "guidance_scale", "gumbel_smooth", "last_run_scales", "layer_capacities", "sample", "top_k_top_p_"]

@@ -18,6 +18,7 @@ from ..config import SamplingConfig
 from ..tokenizer.quantizer import MultiScaleQuantizer
 from ..transformer import VARTransformer
 from .logits import Generators, cfg_mix, draw_tokens, guidance_scale, gumbel_smooth, top_k_top_p_
+from .runners import CacheSpec, EagerRunner
 
 LayerPlan = Callable[[int], "Sequence[int] | None"]  # scale_index -> blocks to run (None: all)
 
@@ -108,7 +109,7 @@ def _sync(device: torch.device) -> None:
 def sample(transformer: VARTransformer, quantizer: MultiScaleQuantizer, labels_B: torch.Tensor,
            settings: SamplingConfig, *, generator: Generators = None,
            layer_plan: LayerPlan | None = None, hooks: Sequence[ScaleHook] = (),
-           transient_last_scale: bool = False) -> SampleResult:
+           transient_last_scale: bool = False, runner: EagerRunner | None = None) -> SampleResult:
     """Sample token maps for `labels_B` scale by scale; returns tokens and the final f_hat.
 
     Parity with the release: the same generator draws one multinomial per scale over the
@@ -117,6 +118,8 @@ def sample(transformer: VARTransformer, quantizer: MultiScaleQuantizer, labels_B
     the population when hooks reindex it. With cfg == 0 the unconditional half is skipped
     (identical tokens, half the work). transient_last_scale keeps the final scale's keys/values
     out of the cache (one layer's worth exists at a time): about a third less peak KV memory.
+    runner: how each scale step executes (eager by default; compiled or CUDA graphs, see runners).
+    Under torch.autocast the cache holds keys/values in the autocast dtype.
     """
     if isinstance(generator, Sequence) and len(generator) != labels_B.shape[0]:
         raise ValueError(f"{len(generator)} generators for {labels_B.shape[0]} samples")
@@ -133,9 +136,11 @@ def sample(transformer: VARTransformer, quantizer: MultiScaleQuantizer, labels_B
     rows = torch.cat((labels_B, torch.full_like(labels_B, cfg_t.num_classes))) if guided else labels_B
     cond = transformer.condition(rows)
     last_run = last_run_scales(layer_plan, cfg_t.depth, K)
-    cache = KVCache(batch=B, num_heads=cfg_t.num_heads, head_dim=cfg_t.head_dim,
-                    capacities=layer_capacities(last_run, [e for _, e in ranges], transient_last_scale),
-                    cfg_factor=halves, dtype=cond.cond_BD.dtype, device=device, transient_tail=transient_last_scale)
+    runner = runner or EagerRunner()
+    kv_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else cond.cond_BD.dtype
+    capacities = layer_capacities(last_run, [e for _, e in ranges], transient_last_scale)
+    cache: KVCache = runner.new_cache(CacheSpec(B, cfg_t.num_heads, cfg_t.head_dim, tuple(capacities), halves,
+                                                kv_dtype, device, transient_last_scale))
     H = patch_nums[-1]
     f_hat = cond.cond_BD.new_zeros(B, cfg_t.z_channels, H, H)
     x = transformer.first_input(cond)
@@ -145,7 +150,7 @@ def sample(transformer: VARTransformer, quantizer: MultiScaleQuantizer, labels_B
     for si, pn in enumerate(patch_nums):
         ts = time.perf_counter()
         layers = None if layer_plan is None else layer_plan(si)
-        logits = transformer.step(x, si, cond, cache, layers)
+        logits = runner.step(transformer, x, si, cond, cache, layers)
         ratio = si / (K - 1)
         if guided:
             logits = cfg_mix(logits, guidance_scale(settings.cfg, si, K))
