@@ -7,6 +7,7 @@ The official code is not part of var-engine: pass the path of your own checkout
 (git clone https://github.com/FoundationVision/VAR); it is imported from there, never copied.
 
 Usage: python -m bench.official --official-dir ../VAR [--model d16] [--batches 1,8] [--threads 2]
+       GPU: add --device cuda --precision bf16 --runner cuda-graphs
 """
 from __future__ import annotations
 
@@ -53,34 +54,53 @@ def main(argv=None) -> None:
     p.add_argument("--batches", default="1,8")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--cfg", type=float, default=1.5)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast for both implementations (the official demo samples under autocast)")
+    p.add_argument("--runner", default="eager", choices=["eager", "compile", "cuda-graphs"])
     args = parse_args(p, argv)
-    pipe = build(args.model)
+    device = torch.device(args.device)
+    pipe = build(args.model, device).with_runner(args.runner)
     _, var = load_official(args.official_dir, pipe)
+    var.to(device)
+    var.rng = torch.Generator(device)  # the official model seeds its own generator per call
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    pipe.generate([0], seed=0, cfg=args.cfg, precision=args.precision)  # warm-up (and capture/compile)
+    with torch.no_grad(), pipe.autocast(args.precision):
+        var.autoregressive_infer_cfg(1, torch.zeros(1, dtype=torch.long, device=device), g_seed=0, cfg=args.cfg)
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
-        labels = torch.arange(batch) % pipe.config.num_classes
+        labels = (torch.arange(batch) % pipe.config.num_classes).to(device)
         ours, theirs, kv_ours = [], [], 0
+        if args.runner != "eager":  # capture / compile for this batch size outside the timing
+            pipe.generate(labels, seed=0, cfg=args.cfg, precision=args.precision)
         for r in range(args.repeats):
+            sync()
             t0 = time.perf_counter()
-            out = pipe.generate(labels, seed=100 + r, cfg=args.cfg, top_k=900, top_p=0.96)
+            out = pipe.generate(labels, seed=100 + r, cfg=args.cfg, top_k=900, top_p=0.96, precision=args.precision)
+            sync()
             ours.append(time.perf_counter() - t0)
             kv_ours = out.stats.kv_bytes
             t0 = time.perf_counter()
-            with torch.no_grad():
+            with torch.no_grad(), pipe.autocast(args.precision):
                 images = var.autoregressive_infer_cfg(batch, labels, g_seed=100 + r, cfg=args.cfg, top_k=900, top_p=0.96)
+            sync()
             theirs.append(time.perf_counter() - t0)
-            diff = (images - out.images).abs().max().item()
+            diff = (images.float() - out.images).abs().max().item()
         # the official caches are grown by torch.cat and cleared when sampling ends; at the last scale
         # they hold the full analytic size (plus a transient copy per layer during each cat)
         kv_theirs = batch * pipe.kv_bytes_per_image(args.cfg)
-        rows.append({"model": args.model, "batch": batch, "official_s_per_image": statistics.median(theirs) / batch,
+        rows.append({"model": args.model, "device": str(device), "precision": args.precision, "runner": args.runner,
+                     "batch": batch, "official_s_per_image": statistics.median(theirs) / batch,
                      "var_engine_s_per_image": statistics.median(ours) / batch,
                      "speedup": statistics.median(theirs) / statistics.median(ours),
                      "kv_bytes_official": kv_theirs, "kv_bytes_var_engine": kv_ours,
                      "memory_ratio": kv_theirs / kv_ours, "max_image_diff": diff, "same_images": diff < 1e-3})
         print(rows[-1], flush=True)
-    write_results(f"official_{args.model}", {"rows": rows, "official_dir": str(args.official_dir)},
-                  f"var-engine vs the official VAR code ({args.model}, random weights, cfg {args.cfg}, top-k 900, "
+    suffix = "" if device.type == "cpu" else f"_{device.type}_{args.precision}_{args.runner}"
+    write_results(f"official_{args.model}{suffix}", {"rows": rows, "official_dir": str(args.official_dir)},
+                  f"var-engine vs the official VAR code ({args.model}, {device.type}, {args.precision}, runner "
+                  f"{args.runner}, random weights, cfg {args.cfg}, top-k 900, "
                   f"top-p 0.96, median of {args.repeats})\n\n"
                   + markdown_table(rows, list(rows[0].keys())))
 

@@ -1,7 +1,10 @@
-"""Sampler speed and KV memory: var-engine's static-cache sampler vs a cat-growing reference on the
-same weights and seeds (tokens must be identical). Prints a table, writes bench/results/sampler.{json,md}.
+"""Sampler speed and KV memory: var-engine's runners vs a cat-growing reference on the same weights
+and seeds (fp32 eager tokens must be identical), next to the device's physical floor.
+Prints a table, writes bench/results/<out-name>.{json,md}.
 
-Usage: python -m bench.sampler [--models default,d16] [--batches 1,4] [--repeats 2] [--threads 2]
+CPU:  python -m bench.sampler [--models default,d16] [--batches 1,4] [--repeats 2] [--threads 2]
+GPU:  python -m bench.sampler --device cuda --models d16,d20,d30 --batches 1,8,64 --precision bf16 \
+          --runners eager,cuda-graphs --out-name sampler_gpu
 """
 from __future__ import annotations
 
@@ -12,42 +15,79 @@ import time
 import torch
 
 from bench.baseline import sample_cat_cache
-from bench.common import markdown_table, parse_args, write_results
+from bench.common import environment, markdown_table, parse_args, write_results
+from bench.floor import DevicePeaks, decoder_flops, measure_peaks, transformer_floor_seconds
 from var_engine import ModelConfig, Pipeline, TokenizerConfig, TransformerConfig
+from var_engine.pipeline import PRECISIONS
 from var_engine.tokenizer import Tokenizer
 from var_engine.transformer import VARTransformer
 
 
-def build(name: str) -> Pipeline:
-    """'default' (embedded model), or an official layout 'd16'/'d20'/... with random weights."""
+def build(name: str, device: torch.device | str = "cpu") -> Pipeline:
+    """'default' (embedded model), or an official layout 'd16'/'d20'/... with random weights.
+
+    Random weights are created directly on `device` (a d30 initialises in seconds on a GPU).
+    """
     if name == "default":
-        return Pipeline.from_pretrained()
+        return Pipeline.from_pretrained(device=device)
     torch.manual_seed(0)
     var_cfg = TransformerConfig.from_preset(name)
     tok_cfg = TokenizerConfig(patch_nums=var_cfg.patch_nums)
-    transformer = VARTransformer(var_cfg)
-    transformer.init_weights()
-    return Pipeline(Tokenizer(tok_cfg), transformer, ModelConfig(tok_cfg, var_cfg))
+    with torch.device(device):
+        transformer = VARTransformer(var_cfg)
+        transformer.init_weights()
+        tokenizer = Tokenizer(tok_cfg)
+    return Pipeline(tokenizer, transformer, ModelConfig(tok_cfg, var_cfg))
 
 
-def time_engine(pipe: Pipeline, labels: torch.Tensor, seed: int, cfg: float):
-    out = pipe.generate(labels, seed=seed, cfg=cfg, top_k=900, top_p=0.96)
-    s = out.stats
-    return out.tokens, s.transformer_seconds, s.decode_seconds, s.kv_bytes
+def _sync(pipe: Pipeline) -> None:
+    if pipe.device.type == "cuda":
+        torch.cuda.synchronize(pipe.device)
 
 
-def time_reference(pipe: Pipeline, labels: torch.Tensor, seed: int, cfg: float):
-    g = torch.Generator().manual_seed(seed)
+def engine_impl(runner: str, compile_mode: str = "default"):
+    """A timing function for var-engine with one runner (its graphs/caches persist across calls)."""
+    made: dict[int, object] = {}
+
+    def run(pipe: Pipeline, labels: torch.Tensor, seed: int, cfg: float, precision: str):
+        if id(pipe) not in made:
+            made.clear()
+            made[id(pipe)] = pipe.with_runner(runner, compile_mode).runner
+        pipe.runner = made[id(pipe)]
+        out = pipe.generate(labels, seed=seed, cfg=cfg, top_k=900, top_p=0.96, precision=precision)
+        s = out.stats
+        return out.tokens, s.transformer_seconds, s.decode_seconds, s.kv_bytes
+
+    return run
+
+
+def time_reference(pipe: Pipeline, labels: torch.Tensor, seed: int, cfg: float, precision: str):
+    g = torch.Generator(pipe.device).manual_seed(seed)
+    labels = labels.to(pipe.device)
+    _sync(pipe)
     t0 = time.perf_counter()
-    tokens, f_hat, held = sample_cat_cache(pipe.transformer, pipe.tokenizer.quantize, labels, cfg, 900, 0.96, g)
+    with pipe.autocast(precision):
+        tokens, f_hat, held = sample_cat_cache(pipe.transformer, pipe.tokenizer.quantize, labels, cfg, 900, 0.96, g)
+    _sync(pipe)
     t1 = time.perf_counter()
     pipe.tokenizer.set_channels_last(False)  # the original decodes in the default memory format
     try:
-        with torch.no_grad():
+        with torch.no_grad(), pipe.autocast(precision):
             pipe.tokenizer.fhat_to_images(f_hat)
+        _sync(pipe)
     finally:
         pipe.tokenizer.set_channels_last(True)
     return tokens, t1 - t0, time.perf_counter() - t1, held
+
+
+def floor_seconds(pipe: Pipeline, batch: int, peaks: DevicePeaks, cfg: float, precision: str) -> dict[str, float]:
+    """Physical floor of one call: transformer (bytes vs FLOPs per scale) + decoder FLOPs."""
+    elem = 4 if precision == "fp32" else 2
+    tr = transformer_floor_seconds(pipe.config.transformer, batch, peaks, guided=cfg != 0, elem_bytes=elem)
+    t = pipe.config.tokenizer
+    h = t.patch_nums[-1]
+    dec = batch * decoder_flops(pipe.tokenizer.decoder, (1, t.z_channels, h, h), pipe.device) / peaks.matmul
+    return {"floor_transformer_s": tr, "floor_decode_s": dec, "floor_s_per_image": (tr + dec) / batch}
 
 
 def main(argv=None) -> None:
@@ -56,40 +96,63 @@ def main(argv=None) -> None:
     p.add_argument("--batches", default="1,4")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--cfg", type=float, default=1.5)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--runners", default="eager", help="var-engine runners to time: eager,compile,cuda-graphs")
+    p.add_argument("--compile-mode", default="default", help="torch.compile mode for the compile runner")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--no-reference", action="store_true", help="skip the cat-cache reference sampler")
     p.add_argument("--out-name", default="sampler")
     args = parse_args(p, argv)
+    device = torch.device(args.device)
+    peaks = measure_peaks(device, torch.float32 if args.precision == "fp32" else PRECISIONS[args.precision])
+    print(f"device peaks: {peaks.bandwidth / 1e9:.1f} GB/s copy, {peaks.matmul / 1e12:.2f} TFLOP/s matmul", flush=True)
     rows = []
-    impls = (("var-engine", time_engine), ("cat-cache reference", time_reference))
+    impls = [(f"var-engine {r}", engine_impl(r, args.compile_mode)) for r in args.runners.split(",")]
+    if not args.no_reference:
+        impls.append(("cat-cache reference", time_reference))
     for name in args.models.split(","):
-        pipe = build(name)
+        pipe = build(name, device)
         L = pipe.config.transformer.num_tokens
-        for _, fn in impls:  # warm-up: first-touch page faults, allocator, thread pools
-            fn(pipe, torch.zeros(1, dtype=torch.long), 0, args.cfg)
         for batch in (int(b) for b in args.batches.split(",")):
             labels = torch.arange(batch) % pipe.config.num_classes
             analytic = batch * pipe.kv_bytes_per_image(cfg=args.cfg)
+            floor = floor_seconds(pipe, batch, peaks, args.cfg, args.precision)
             runs: dict[str, list] = {impl: [] for impl, _ in impls}
-            for _ in range(args.repeats):  # interleaved, so drifts of a shared machine hit both alike
+            for _, fn in impls:  # warm-up: page faults, allocator, compile / graph capture for this shape
+                fn(pipe, labels, 0, args.cfg, args.precision)
+            for _ in range(args.repeats):  # interleaved, so drifts of a shared machine hit all alike
                 for impl, fn in impls:
-                    runs[impl].append(fn(pipe, labels, 7, args.cfg))
+                    runs[impl].append(fn(pipe, labels, 7, args.cfg, args.precision))
+            first = runs[impls[0][0]][0][0]
+            group = []
             for impl, _ in impls:
                 tr = statistics.median(r[1] for r in runs[impl])
                 de = statistics.median(r[2] for r in runs[impl])
                 total = tr + de
-                rows.append({"model": name, "batch": batch, "impl": impl, "s_per_image": total / batch,
-                             "tokens_per_s": batch * L / tr, "transformer_s": tr, "decode_s": de,
-                             "decode_share": de / total, "kv_peak_bytes": runs[impl][0][3],
-                             "kv_analytic_bytes": analytic, "kv_vs_analytic": runs[impl][0][3] / analytic})
-                print(rows[-1], flush=True)
-            same = torch.equal(runs["var-engine"][0][0], runs["cat-cache reference"][0][0])
-            engine, ref = rows[-2], rows[-1]
-            engine["identical_tokens"] = ref["identical_tokens"] = same
-            engine["speedup_vs_reference"] = ref["s_per_image"] / engine["s_per_image"]
-    cols = ["model", "batch", "impl", "s_per_image", "speedup_vs_reference", "tokens_per_s", "transformer_s",
-            "decode_s", "decode_share", "kv_peak_bytes", "kv_analytic_bytes", "kv_vs_analytic", "identical_tokens"]
-    write_results(args.out_name, {"rows": rows, "cfg": args.cfg, "repeats": args.repeats},
-                  f"Sampler: static cache vs cat-growing reference (cfg {args.cfg}, top-k 900, top-p 0.96, "
-                  f"median of {args.repeats} interleaved runs after a warm-up)\n\n" + markdown_table(rows, cols))
+                group.append({"model": name, "batch": batch, "impl": impl, "precision": args.precision,
+                              "s_per_image": total / batch, "tokens_per_s": batch * L / tr, "transformer_s": tr,
+                              "decode_s": de, "decode_share": de / total, **floor,
+                              "x_floor": total / batch / floor["floor_s_per_image"],
+                              "kv_peak_bytes": runs[impl][0][3], "kv_analytic_bytes": analytic,
+                              "kv_vs_analytic": runs[impl][0][3] / analytic,
+                              "same_tokens_as_first": bool(torch.equal(runs[impl][0][0].cpu(), first.cpu()))})
+            if not args.no_reference:
+                for row in group:
+                    row["speedup_vs_reference"] = group[-1]["s_per_image"] / row["s_per_image"]
+            for row in group:
+                print(row, flush=True)
+            rows += group
+    cols = ["model", "batch", "impl", "precision", "s_per_image", "speedup_vs_reference", "x_floor", "tokens_per_s",
+            "transformer_s", "decode_s", "decode_share", "floor_s_per_image", "kv_peak_bytes", "kv_vs_analytic",
+            "same_tokens_as_first"]
+    env = environment()
+    write_results(args.out_name, {"rows": rows, "cfg": args.cfg, "repeats": args.repeats, "device": str(device),
+                                  "peaks": {"copy_bytes_per_s": peaks.bandwidth, "matmul_flops": peaks.matmul}},
+                  f"Sampler on {env.get('gpu') if device.type == 'cuda' else 'CPU'} ({args.precision}, cfg {args.cfg}, "
+                  f"top-k 900, top-p 0.96, median of {args.repeats} interleaved runs after a warm-up per shape). "
+                  f"Floor: per scale max(weights + KV bytes / {peaks.bandwidth / 1e9:.0f} GB/s, "
+                  f"FLOPs / {peaks.matmul / 1e12:.2f} TFLOP/s), measured peaks.\n\n"
+                  + markdown_table(rows, cols))
 
 
 if __name__ == "__main__":

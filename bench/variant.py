@@ -26,13 +26,22 @@ def depths_for(D: int) -> list[int]:
     return sorted({D, max(1, D // 2), max(1, D // 4), 2}, reverse=True)
 
 
-def timed(pipe, labels, plan, repeats: int, decode: bool = True) -> tuple[float, float, int]:
-    runs = []
+def _once(pipe, labels, plan, seed: int) -> tuple[float, float, int]:
+    t0 = time.perf_counter()
+    out = pipe.generate(labels, seed=seed, cfg=1.5, layer_plan=plan)
+    return time.perf_counter() - t0, out.stats.transformer_seconds, out.stats.kv_bytes
+
+
+def timed_against_full(pipe, labels, plan, repeats: int) -> tuple[tuple[float, float, int], float]:
+    """Median (seconds, transformer seconds, KV bytes) of `plan`, and its speed-up over the full network
+    from runs interleaved with the full network's (drifts of a shared machine hit both alike)."""
+    _once(pipe, labels, plan, 0)  # warm-up (and compilation for the compile runner)
+    runs, full = [], []
     for r in range(repeats):
-        t0 = time.perf_counter()
-        out = pipe.generate(labels, seed=r, cfg=1.5, layer_plan=plan, decode=decode)
-        runs.append((time.perf_counter() - t0, out.stats.transformer_seconds, out.stats.kv_bytes))
-    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs), runs[0][2]
+        full.append(_once(pipe, labels, None, r)[0])
+        runs.append(_once(pipe, labels, plan, r))
+    median = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs), runs[0][2])
+    return median, statistics.median(full) / median[0]
 
 
 def main(argv=None) -> None:
@@ -43,10 +52,14 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=16, help="batch for timing the default model (d16: 1)")
     p.add_argument("--per-class", type=int, default=50, help="images per class for quality (default model)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--runner", default="eager", choices=["eager", "compile", "cuda-graphs"],
+                   help="how scale steps execute (the same for the full network and the subnets)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out-name", default="variant")
     args = parse_args(p, argv)
     rows = []
     for name in args.models.split(","):
-        pipe = build(name)
+        pipe = build(name, args.device).with_runner(args.runner)
         D, K = pipe.config.depth, pipe.config.transformer.num_scales
         switches = ([int(s) for s in args.switch_scales.split(",") if s] or
                     ([3, 4, 5] if name == "default" else [pipe.default_switch_scale()]))
@@ -57,17 +70,15 @@ def main(argv=None) -> None:
             feats = FeatureExtractor(pipe.components["evaluator"])
             held01 = DigitsDataset("heldout").tensors()[0].add(1).mul(0.5)
         full_kv = pipe.kv_bytes_per_image(1.5)
-        full_time = None
         for depth in depths_for(D):
             for switch in (switches if depth < D else [K]):
                 plan = None if depth == D else DepthPlan(D, depth, switch, pipe.config.patch_nums)
-                total, transformer, measured = timed(pipe, labels, plan, args.repeats)
+                (total, transformer, measured), speedup = timed_against_full(pipe, labels, plan, args.repeats)
                 analytic = batch * pipe.kv_bytes_per_image(1.5, plan)
-                full_time = full_time or total
-                row = {"model": name, "depth": depth, "switch_scale": switch, "batch": batch,
+                row = {"model": name, "runner": args.runner, "depth": depth, "switch_scale": switch, "batch": batch,
                        "kv_bytes_per_image": analytic // batch, "kv_measured_vs_analytic": measured / analytic,
                        "kv_saving_vs_full": 1 - analytic / (batch * full_kv), "s_per_image": total / batch,
-                       "transformer_s_per_image": transformer / batch, "speedup_vs_full": full_time / total}
+                       "transformer_s_per_image": transformer / batch, "speedup_vs_full": speedup}
                 if quality:
                     images, ys = generate_set(pipe, args.per_class, 1.5, 1000, plan)
                     row["accuracy"] = accuracy(pipe.components["evaluator"], images, ys)
@@ -77,21 +88,22 @@ def main(argv=None) -> None:
         mine = [r for r in rows if r["model"] == name]
         series = {f"switch {s}": [(r["depth"], r["speedup_vs_full"]) for r in mine if r["switch_scale"] in (s, K)]
                   for s in switches}
-        line_chart(results_dir() / f"variant_{name}_speed.png", f"{name}: speed-up vs full depth (cfg 1.5, batch {batch})",
+        line_chart(results_dir() / f"{args.out_name}_{name}_speed.png", f"{name}: speed-up vs full depth (cfg 1.5, batch {batch})",
                    "subnet depth", "speed-up", series)
         series = {f"switch {s}": [(r["depth"], r["kv_bytes_per_image"] / 2**20) for r in mine
                                   if r["switch_scale"] in (s, K)] for s in switches}
-        line_chart(results_dir() / f"variant_{name}_kv.png", f"{name}: KV cache per image", "subnet depth", "MiB", series)
+        line_chart(results_dir() / f"{args.out_name}_{name}_kv.png", f"{name}: KV cache per image", "subnet depth", "MiB", series)
         if quality:
             series = {f"switch {s}": [(r["depth"], r["fid_evaluator"]) for r in mine if r["switch_scale"] in (s, K)]
                       for s in switches}
-            line_chart(results_dir() / f"variant_{name}_fid.png", f"{name}: FID-style distance (evaluator features)",
+            line_chart(results_dir() / f"{args.out_name}_{name}_fid.png", f"{name}: FID-style distance (evaluator features)",
                        "subnet depth", "FID-style", series)
-    cols = ["model", "depth", "switch_scale", "batch", "kv_bytes_per_image", "kv_saving_vs_full",
+    cols = ["model", "runner", "depth", "switch_scale", "batch", "kv_bytes_per_image", "kv_saving_vs_full",
             "kv_measured_vs_analytic", "s_per_image", "transformer_s_per_image", "speedup_vs_full", "accuracy",
             "fid_evaluator"]
-    write_results("variant", {"rows": rows, "per_class": args.per_class, "repeats": args.repeats},
-                  "VARiant depth plans (cfg 1.5; d16 has random weights, so only memory and speed)\n\n"
+    write_results(args.out_name, {"rows": rows, "per_class": args.per_class, "repeats": args.repeats},
+                  f"VARiant depth plans (cfg 1.5, runner {args.runner}; d16 has random weights, so only memory "
+                  "and speed; speed-ups from runs interleaved with the full network's)\n\n"
                   + markdown_table(rows, cols))
 
 

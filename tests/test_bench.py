@@ -29,7 +29,40 @@ def test_sampler_smoke(results):
 
     sampler.main(["--models", "default", "--batches", "2", "--repeats", "1"])
     r = rows(results / "sampler.json")
-    assert len(r) == 2 and all(x["identical_tokens"] for x in r) and all(x["kv_vs_analytic"] == 1 for x in r)
+    assert len(r) == 2 and all(x["same_tokens_as_first"] for x in r) and all(x["kv_vs_analytic"] == 1 for x in r)
+    assert all(x["x_floor"] > 1 for x in r)  # nothing beats the physical floor
+
+
+def test_floor_matmul_flops_equal_pytorch_count():
+    """The floor's analytic FLOPs per scale step equal what PyTorch's FLOP counter sees (matmuls)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bench.floor import conditioning_costs, transformer_step_costs
+    from var_engine import TransformerConfig
+    from var_engine.cache import KVCache
+    from var_engine.transformer import VARTransformer
+
+    cfg = TransformerConfig(depth=3, embed_dim=64, num_heads=2, num_classes=4, vocab_size=96, z_channels=8,
+                            patch_nums=(1, 2, 3))
+    model = VARTransformer(cfg).eval()
+    cond_counter = FlopCounterMode(display=False)
+    with torch.no_grad(), cond_counter:
+        cond = model.condition(torch.tensor([0, 1, 4, 4]))
+    assert cond_counter.get_total_flops() == conditioning_costs(cfg, rows=4)[0]
+    cache = KVCache(batch=2, num_heads=2, head_dim=32, capacities=[cfg.num_tokens] * cfg.depth)
+    with torch.no_grad():
+        model.step(model.first_input(cond), 0, cond, cache)
+        for si in (1, 2):
+            x = torch.randn(4, cfg.patch_nums[si] ** 2, cfg.embed_dim)
+            counter = FlopCounterMode(display=False)
+            with counter:
+                model.step(x, si, cond, cache)
+            begin, end = cfg.scale_ranges()[si]
+            attention = cfg.depth * 4 * 4 * (end - begin) * end * cfg.embed_dim
+            word_embed = 2 * 4 * (end - begin) * cfg.z_channels * cfg.embed_dim
+            matmuls = counter.get_flop_counts()["Global"][torch.ops.aten.addmm]
+            assert transformer_step_costs(cfg, 4, si)[0] - attention - word_embed == matmuls
 
 
 def test_quality_smoke(results):

@@ -71,6 +71,8 @@ def test_top_k_top_p_keep_expected_tokens():
     assert kept.tolist() == [[[False, False, False, True]]]  # the top token alone holds 64% of the mass
     kept = ~torch.isinf(top_k_top_p_(logits.clone(), top_p=0.9))
     assert kept.tolist() == [[[False, True, True, True]]]  # 0.64 + 0.24 = 0.88 < 0.9 needs a third
+    for k in (4, 900):  # top_k >= vocabulary keeps everything
+        assert torch.equal(top_k_top_p_(logits.clone(), top_k=k), logits)
 
 
 def test_random_labels_are_drawn_from_the_seed(tiny_pipeline):

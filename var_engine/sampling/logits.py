@@ -23,8 +23,8 @@ def cfg_mix(logits_2BlV: torch.Tensor, t: float) -> torch.Tensor:
 def top_k_top_p_(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
     """Mask (in place, with -inf) all but the top_k tokens, then all outside the top_p mass."""
     V = logits_BlV.shape[-1]
-    if top_k > 0:
-        kth = logits_BlV.topk(min(top_k, V), largest=True, sorted=False, dim=-1)[0].amin(dim=-1, keepdim=True)
+    if 0 < top_k < V:  # top_k >= V keeps every token: nothing to mask
+        kth = logits_BlV.topk(top_k, largest=True, sorted=False, dim=-1)[0].amin(dim=-1, keepdim=True)
         logits_BlV.masked_fill_(logits_BlV < kth, -torch.inf)
     if top_p > 0:
         sorted_logits, sorted_idx = logits_BlV.sort(dim=-1, descending=False)
