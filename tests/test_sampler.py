@@ -87,3 +87,19 @@ def test_per_sample_seeds_make_a_batch_equal_single_runs(tiny_pipeline):
         single = tiny_pipeline.generate([label], seed=[seed], cfg=1.5)
         assert torch.equal(single.tokens[0], batch.tokens[i])
         assert (single.images[0] - batch.images[i]).abs().max() < 1e-5  # conv batching may differ in last bits
+
+
+def test_sort_ascending_matches_torch_sort():
+    from var_engine.sampling.logits import sort_ascending
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 300, generator=g) * 7
+    x[:, :40] = -torch.inf  # top-k masked tokens
+    x[:, 50:60] = 0.0
+    x[:, 60:65] = -0.0
+    x[3, 100:110] = 2.5  # exact ties
+    values, idx = sort_ascending(x)
+    expected, _ = x.sort(dim=-1)
+    assert torch.equal(values, expected)
+    assert torch.equal(x.gather(-1, idx), values)
+    assert torch.equal(idx.sort(dim=-1).values, torch.arange(300).expand(64, -1))  # a permutation

@@ -31,6 +31,11 @@ class CacheSpec:
     device: torch.device
     transient_tail: bool
 
+    def build(self, static: bool = False) -> KVCache:
+        return KVCache(batch=self.batch, num_heads=self.num_heads, head_dim=self.head_dim,
+                       capacities=self.capacities, cfg_factor=self.cfg_factor, dtype=self.dtype,
+                       device=self.device, transient_tail=self.transient_tail, static=static)
+
 
 def _step(transformer: VARTransformer, x: torch.Tensor, scale_index: int, cond: Conditioning,
           cache: KVCache, layers: tuple[int, ...] | None) -> torch.Tensor:
@@ -43,9 +48,7 @@ class EagerRunner:
     name = "eager"
 
     def new_cache(self, spec: CacheSpec) -> KVCache:
-        return KVCache(batch=spec.batch, num_heads=spec.num_heads, head_dim=spec.head_dim,
-                       capacities=spec.capacities, cfg_factor=spec.cfg_factor, dtype=spec.dtype,
-                       device=spec.device, transient_tail=spec.transient_tail)
+        return spec.build()
 
     def step(self, transformer: VARTransformer, x: torch.Tensor, scale_index: int, cond: Conditioning,
              cache: KVCache, layers: Sequence[int] | None) -> torch.Tensor:
@@ -61,10 +64,7 @@ class _StaticCaches:
     def get(self, spec: CacheSpec) -> KVCache:
         cache = self.caches.get(spec)
         if cache is None:
-            cache = KVCache(batch=spec.batch, num_heads=spec.num_heads, head_dim=spec.head_dim,
-                            capacities=spec.capacities, cfg_factor=spec.cfg_factor, dtype=spec.dtype,
-                            device=spec.device, transient_tail=spec.transient_tail, static=True)
-            self.caches[spec] = cache
+            cache = self.caches[spec] = spec.build(static=True)
         cache.reset()
         return cache
 
