@@ -136,17 +136,19 @@ class CUDAGraphRunner(EagerRunner):
     name = "cuda-graphs"
 
     def __init__(self) -> None:
-        if not torch.cuda.is_available():
-            raise RuntimeError("the cuda-graphs runner needs a CUDA device")
+        self._check_device(None)
         self.static = _StaticCaches()
         self.graphs: dict[tuple, _Graph] = {}
         self.conds: dict[int, Conditioning] = {}  # static conditioning per cache
         self.sources: dict[int, Conditioning] = {}  # the Conditioning last copied into it
-        self.pool = torch.cuda.graph_pool_handle()
+        self.pool = None  # one memory pool shared by all graphs (they never run concurrently)
+
+    def _check_device(self, device: torch.device | None) -> None:
+        if not torch.cuda.is_available() or (device is not None and device.type != "cuda"):
+            raise RuntimeError("the cuda-graphs runner needs the model on a CUDA device")
 
     def new_cache(self, spec: CacheSpec) -> KVCache:
-        if spec.device.type != "cuda":
-            raise RuntimeError("the cuda-graphs runner needs the model on a CUDA device")
+        self._check_device(spec.device)
         return self.static.get(spec)
 
     def _static_cond(self, cache: KVCache, cond: Conditioning) -> Conditioning:
@@ -187,6 +189,8 @@ class CUDAGraphRunner(EagerRunner):
         with torch.cuda.stream(side):  # warm-up: lazy library init must happen outside capture
             transformer.step(static_x, scale_index, cond, cache, layers)
         torch.cuda.current_stream().wait_stream(side)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         # casts cached by autocast would outlive this graph's memory: cast inside each graph
         autocast = torch.autocast("cuda", dtype=dtype, cache_enabled=False, enabled=dtype is not None)
