@@ -22,6 +22,8 @@ import torch
 
 from bench.common import markdown_table, parse_args, write_results
 from bench.sampler import build
+from var_engine.pipeline import PRECISIONS
+from var_engine.sampling import RUNNERS
 
 
 def load_official(official_dir: Path, pipe):
@@ -55,9 +57,9 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--cfg", type=float, default=1.5)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                    help="autocast for both implementations (the official demo samples under autocast)")
-    p.add_argument("--runner", default="eager", choices=["eager", "compile", "cuda-graphs"])
+    p.add_argument("--runner", default="eager", choices=RUNNERS)
     args = parse_args(p, argv)
     device = torch.device(args.device)
     pipe = build(args.model, device).with_runner(args.runner)

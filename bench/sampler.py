@@ -19,6 +19,7 @@ from bench.common import environment, markdown_table, parse_args, write_results
 from bench.floor import DevicePeaks, decoder_flops, measure_peaks, transformer_floor_seconds
 from var_engine import ModelConfig, Pipeline, TokenizerConfig, TransformerConfig
 from var_engine.pipeline import PRECISIONS
+from var_engine.sampling import RUNNERS
 from var_engine.tokenizer import Tokenizer
 from var_engine.transformer import VARTransformer
 
@@ -97,9 +98,9 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--cfg", type=float, default=1.5)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--runners", default="eager", help="var-engine runners to time: eager,compile,cuda-graphs")
+    p.add_argument("--runners", default="eager", help=f"var-engine runners to time, from {','.join(RUNNERS)}")
     p.add_argument("--compile-mode", default="default", help="torch.compile mode for the compile runner")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
     p.add_argument("--no-reference", action="store_true", help="skip the cat-cache reference sampler")
     p.add_argument("--out-name", default="sampler")
     args = parse_args(p, argv)

@@ -17,6 +17,7 @@ from bench.plot import line_chart
 from bench.quality import generate_set
 from bench.sampler import build
 from var_engine.data import DigitsDataset
+from var_engine.sampling import RUNNERS
 from var_engine.evaluator import FeatureExtractor, accuracy
 from var_engine.metrics import batches, frechet_distance
 from var_engine.variant import DepthPlan
@@ -52,7 +53,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=16, help="batch for timing the default model (d16: 1)")
     p.add_argument("--per-class", type=int, default=50, help="images per class for quality (default model)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--runner", default="eager", choices=["eager", "compile", "cuda-graphs"],
+    p.add_argument("--runner", default="eager", choices=RUNNERS,
                    help="how scale steps execute (the same for the full network and the subnets)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out-name", default="variant")

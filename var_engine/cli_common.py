@@ -8,6 +8,8 @@ import torch
 
 from .config import OFFICIAL_PATCH_NUMS_256
 from .errors import VarEngineError
+from .pipeline import PRECISIONS
+from .sampling import RUNNERS
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {}
 
@@ -39,11 +41,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--attention", default="auto", choices=["auto", "sdpa", "math", "xformers"],
                    help="attention backend (auto: PyTorch SDPA; xformers needs CUDA and the 'gpu' extra)")
-    p.add_argument("--runner", default="eager", choices=["eager", "compile", "cuda-graphs"],
+    p.add_argument("--runner", default="eager", choices=RUNNERS,
                    help="how scale steps execute: eager (reference), torch.compile, or CUDA graphs (GPU)")
     p.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"],
                    help="torch.compile mode for --runner compile")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                    help="autocast precision (fp32 is the reference; bf16/fp16 for GPUs)")
 
 
