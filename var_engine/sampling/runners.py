@@ -111,6 +111,8 @@ class CompiledRunner(EagerRunner):
             try:
                 return self._compile()(transformer, x, scale_index, cond, cache,
                                        None if layers is None else tuple(layers))
+            except torch.OutOfMemoryError:
+                raise
             except Exception as e:  # compile errors surface at the first call of each graph
                 self.failed = f"{type(e).__name__}: {e}"
                 warnings.warn(f"torch.compile is unavailable here ({self.failed.splitlines()[0][:200]}); "
