@@ -4,5 +4,6 @@ from .runners import RUNNERS, CompiledRunner, CUDAGraphRunner, EagerRunner, make
 from .sampler import (LayerPlan, SampleResult, ScaleHook, ScaleStats, ScaleStep, last_run_scales, layer_capacities,
                       sample)
 
-__all__ = ["RUNNERS", "CUDAGraphRunner", "CompiledRunner", "EagerRunner", "make_runner", "LayerPlan", "SampleResult", "ScaleHook", "ScaleStats", "ScaleStep", "cfg_mix", "draw_tokens",
-           "guidance_scale", "gumbel_smooth", "last_run_scales", "layer_capacities", "sample", "top_k_top_p_"]
+__all__ = ["RUNNERS", "CUDAGraphRunner", "CompiledRunner", "EagerRunner", "LayerPlan", "SampleResult", "ScaleHook",
+           "ScaleStats", "ScaleStep", "cfg_mix", "draw_tokens", "guidance_scale", "gumbel_smooth", "last_run_scales",
+           "layer_capacities", "make_runner", "sample", "top_k_top_p_"]

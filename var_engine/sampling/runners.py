@@ -61,12 +61,21 @@ class _StaticCaches:
     def __init__(self) -> None:
         self.caches: dict[CacheSpec, KVCache] = {}
 
-    def get(self, spec: CacheSpec) -> KVCache:
+    def get(self, spec: CacheSpec, on_create: Callable[[KVCache], None] | None = None) -> KVCache:
         cache = self.caches.get(spec)
         if cache is None:
             cache = self.caches[spec] = spec.build(static=True)
+            if on_create is not None:
+                on_create(cache)
         cache.reset()
         return cache
+
+
+def _mark_static(cache: KVCache) -> None:
+    """Tell torch.compile's CUDA graphs that these buffers keep their addresses (no input copies)."""
+    for buf in (*cache.k, *cache.v):
+        if buf is not None:
+            torch._dynamo.mark_static_address(buf)
 
 
 class CompiledRunner(EagerRunner):
@@ -85,12 +94,8 @@ class CompiledRunner(EagerRunner):
         self._compiled: Callable | None = None
 
     def new_cache(self, spec: CacheSpec) -> KVCache:
-        cache = self.static.get(spec)
-        if self.mode in ("reduce-overhead", "max-autotune") and spec.device.type == "cuda":
-            for buf in (*cache.k, *cache.v):
-                if buf is not None:
-                    torch._dynamo.mark_static_address(buf)
-        return cache
+        graphs = self.mode in ("reduce-overhead", "max-autotune") and spec.device.type == "cuda"
+        return self.static.get(spec, _mark_static if graphs else None)
 
     def _compile(self) -> Callable:
         if self._compiled is None:
