@@ -80,6 +80,8 @@ def test_static_cache_keeps_buffers_across_release_and_reset():
 def test_runner_and_precision_choices_are_checked(tiny_pipeline):
     with pytest.raises(ConfigError, match="unknown runner"):
         tiny_pipeline.with_runner("turbo")
+    with pytest.raises(ConfigError, match="unknown compile mode"):
+        tiny_pipeline.with_runner("compile", compile_mode="fastest")
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA"):
             tiny_pipeline.with_runner("cuda-graphs")

@@ -9,7 +9,7 @@ import torch
 from .config import OFFICIAL_PATCH_NUMS_256
 from .errors import VarEngineError
 from .pipeline import PRECISIONS
-from .sampling import RUNNERS
+from .sampling.runners import COMPILE_MODES, RUNNERS
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {}
 
@@ -43,7 +43,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="attention backend (auto: PyTorch SDPA; xformers needs CUDA and the 'gpu' extra)")
     p.add_argument("--runner", default="eager", choices=RUNNERS,
                    help="how scale steps execute: eager (reference), torch.compile, or CUDA graphs (GPU)")
-    p.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"],
+    p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
                    help="torch.compile mode for --runner compile")
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                    help="autocast precision (fp32 is the reference; bf16/fp16 for GPUs)")

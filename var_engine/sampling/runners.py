@@ -16,6 +16,7 @@ from ..cache import KVCache
 from ..transformer import Conditioning, VARTransformer
 
 RUNNERS = ("eager", "compile", "cuda-graphs")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,8 @@ def make_runner(name: str = "eager", compile_mode: str = "default") -> EagerRunn
     if name == "eager":
         return EagerRunner()
     if name == "compile":
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode {compile_mode!r}; choose from {', '.join(COMPILE_MODES)}")
         return CompiledRunner(mode=compile_mode)
     if name == "cuda-graphs":
         return CUDAGraphRunner()
