@@ -81,13 +81,19 @@ def time_reference(pipe: Pipeline, labels: torch.Tensor, seed: int, cfg: float, 
     return tokens, t1 - t0, time.perf_counter() - t1, held
 
 
-def floor_seconds(pipe: Pipeline, batch: int, peaks: DevicePeaks, cfg: float, precision: str) -> dict[str, float]:
+def image_decoder_flops(pipe: Pipeline) -> int:
+    """FLOPs of decoding one image (counted once per model; the decoder is batch-independent per image)."""
+    t = pipe.config.tokenizer
+    h = t.patch_nums[-1]
+    return decoder_flops(pipe.tokenizer.decoder, (1, t.z_channels, h, h), pipe.device)
+
+
+def floor_seconds(pipe: Pipeline, batch: int, peaks: DevicePeaks, cfg: float, precision: str,
+                  flops_per_image_decode: int) -> dict[str, float]:
     """Physical floor of one call: transformer (bytes vs FLOPs per scale) + decoder FLOPs."""
     elem = 4 if precision == "fp32" else 2
     tr = transformer_floor_seconds(pipe.config.transformer, batch, peaks, guided=cfg != 0, elem_bytes=elem)
-    t = pipe.config.tokenizer
-    h = t.patch_nums[-1]
-    dec = batch * decoder_flops(pipe.tokenizer.decoder, (1, t.z_channels, h, h), pipe.device) / peaks.matmul
+    dec = batch * flops_per_image_decode / peaks.matmul
     return {"floor_transformer_s": tr, "floor_decode_s": dec, "floor_s_per_image": (tr + dec) / batch}
 
 
@@ -113,11 +119,12 @@ def main(argv=None) -> None:
         impls.append(("cat-cache reference", time_reference))
     for name in args.models.split(","):
         pipe = build(name, device)
+        decode_flops = image_decoder_flops(pipe)
         L = pipe.config.transformer.num_tokens
         for batch in (int(b) for b in args.batches.split(",")):
             labels = torch.arange(batch) % pipe.config.num_classes
             analytic = batch * pipe.kv_bytes_per_image(cfg=args.cfg)
-            floor = floor_seconds(pipe, batch, peaks, args.cfg, args.precision)
+            floor = floor_seconds(pipe, batch, peaks, args.cfg, args.precision, decode_flops)
             runs: dict[str, list] = {impl: [] for impl, _ in impls}
             for _, fn in impls:  # warm-up: page faults, allocator, compile / graph capture for this shape
                 fn(pipe, labels, 0, args.cfg, args.precision)
