@@ -8,6 +8,7 @@ import torch
 
 from .config import OFFICIAL_PATCH_NUMS_256
 from .errors import VarEngineError
+from .linear import LINEAR_BACKENDS
 from .pipeline import PRECISIONS
 from .sampling.runners import COMPILE_MODES, RUNNERS
 
@@ -41,6 +42,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--attention", default="auto", choices=["auto", "sdpa", "math", "xformers"],
                    help="attention backend (auto: PyTorch SDPA; xformers needs CUDA and the 'gpu' extra)")
+    p.add_argument("--linear", default="auto", choices=list(LINEAR_BACKENDS),
+                   help="linear kernels (auto: oneDNN for CPU float32 inference, BLAS elsewhere)")
     p.add_argument("--runner", default="eager", choices=RUNNERS,
                    help="how scale steps execute: eager (reference), torch.compile, or CUDA graphs (GPU)")
     p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
@@ -62,7 +65,7 @@ def load_pipeline(args: argparse.Namespace):
     else:
         pipe = Pipeline.from_pretrained(args.checkpoint, device=args.device, attention=args.attention)
     pipe.autocast(args.precision)  # checks the precision fits the device before any work
-    return pipe.with_runner(args.runner, args.compile_mode)
+    return pipe.with_linear(args.linear).with_runner(args.runner, args.compile_mode)
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:

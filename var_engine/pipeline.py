@@ -119,6 +119,15 @@ class Pipeline:
         self.transformer.set_attention(name)
         return self
 
+    def with_linear(self, name: str | None) -> "Pipeline":
+        """Choose the transformer's linear kernels ('auto': oneDNN for CPU float32 inference, else BLAS;
+        'blas'; 'onednn'). Raises ConfigError for an unknown or unavailable backend."""
+        try:
+            self.transformer.set_linear(name)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        return self
+
     def with_runner(self, name: str = "eager", compile_mode: str = "default") -> "Pipeline":
         """How scale steps execute: 'eager' (reference), 'compile' (torch.compile with `compile_mode`:
         'default', 'reduce-overhead', 'max-autotune'), 'cuda-graphs' (captured once per scale, CUDA only)."""

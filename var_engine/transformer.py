@@ -16,14 +16,15 @@ from torch import nn
 from .attention import AttentionFn, resolve_backend
 from .cache import KVCache
 from .config import TransformerConfig
+from .linear import Linear, set_linear_backend
 
 
 class FFN(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = Linear(dim, hidden)
         self.act = nn.GELU(approximate="tanh")
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -41,16 +42,16 @@ class SelfAttention(nn.Module):
             self.max_scale_mul = math.log(100)
         else:
             self.scale = 0.25 / math.sqrt(self.head_dim)
-        self.mat_qkv = nn.Linear(C, 3 * C, bias=False)
+        self.mat_qkv = Linear(C, 3 * C, bias=False)
         self.q_bias, self.v_bias = nn.Parameter(torch.zeros(C)), nn.Parameter(torch.zeros(C))
         self.register_buffer("zero_k_bias", torch.zeros(C))
-        self.proj = nn.Linear(C, C)
+        self.proj = Linear(C, C)
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, L, C) -> q, k, v each (B, H, L, head_dim), l2-normalised if configured."""
         B, L, _ = x.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        qkv = F.linear(x, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
+        qkv = self.mat_qkv.kernel(x, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if self.attn_l2_norm:
             scale_mul = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()
@@ -82,7 +83,7 @@ class AdaLNSelfAttn(nn.Module):
         if self.shared_aln:
             self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, C) / C ** 0.5)
         else:
-            self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
+            self.ada_lin = nn.Sequential(nn.SiLU(), Linear(C, 6 * C))
 
     def modulation(self, cond: torch.Tensor) -> torch.Tensor:
         """(B, 1, 6, C): gamma1, gamma2, scale1, scale2, shift1, shift2; from the class only."""
@@ -104,7 +105,7 @@ class AdaLNBeforeHead(nn.Module):
         super().__init__()
         self.C = cfg.embed_dim
         self.ln_wo_grad = nn.LayerNorm(self.C, eps=cfg.norm_eps, elementwise_affine=False)
-        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(self.C, 2 * self.C))
+        self.ada_lin = nn.Sequential(nn.SiLU(), Linear(self.C, 2 * self.C))
 
     def modulation(self, cond: torch.Tensor) -> torch.Tensor:
         return self.ada_lin(cond).view(-1, 1, 2, self.C)
@@ -114,7 +115,7 @@ class AdaLNBeforeHead(nn.Module):
         return self.ln_wo_grad(x).mul(scale.add(1)).add_(shift)
 
 
-class SharedAdaLin(nn.Linear):
+class SharedAdaLin(Linear):
     def forward(self, cond: torch.Tensor) -> torch.Tensor:
         return super().forward(cond).view(-1, 1, 6, self.weight.shape[0] // 6)
 
@@ -136,13 +137,13 @@ class Conditioning:
 class VARTransformer(nn.Module):
     """Class-conditional next-scale prediction transformer."""
 
-    def __init__(self, cfg: TransformerConfig, attention: str | None = None):
+    def __init__(self, cfg: TransformerConfig, attention: str | None = None, linear: str | None = None):
         super().__init__()
         self.cfg = cfg
         C, L = cfg.embed_dim, cfg.num_tokens
         self.num_classes = cfg.num_classes
         self.first_l = cfg.patch_nums[0] ** 2
-        self.word_embed = nn.Linear(cfg.z_channels, C)
+        self.word_embed = Linear(cfg.z_channels, C)
         init_std = math.sqrt(1 / C / 3)
         self.class_emb = nn.Embedding(cfg.num_classes + 1, C)  # last row: the null class for CFG
         self.pos_start = nn.Parameter(torch.empty(1, self.first_l, C))
@@ -159,12 +160,17 @@ class VARTransformer(nn.Module):
         mask = torch.where(lvl.view(1, L, 1) >= lvl.view(1, 1, L), 0.0, -torch.inf).reshape(1, 1, L, L)
         self.register_buffer("attn_bias_for_masking", mask.contiguous())
         self.head_nm = AdaLNBeforeHead(cfg)
-        self.head = nn.Linear(C, cfg.vocab_size)
+        self.head = Linear(C, cfg.vocab_size)
         self.attend: AttentionFn = resolve_backend(attention)
+        set_linear_backend(self, linear)
 
     def set_attention(self, name: str | None) -> None:
         """Switch the attention backend ('auto', 'sdpa', 'math', 'xformers')."""
         self.attend = resolve_backend(name, self.pos_1LC.device)
+
+    def set_linear(self, name: str | None) -> None:
+        """Switch the linear-layer kernels ('auto', 'blas', 'onednn'; see `var_engine.linear`)."""
+        set_linear_backend(self, name)
 
     # ----- conditioning and inputs -----
     def condition(self, labels_B: torch.Tensor) -> Conditioning:
