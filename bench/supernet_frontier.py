@@ -1,17 +1,21 @@
 """Supernet schedules at equal training steps: fixed subnet-step ratios versus the progressive
-schedule, measured for the full network and a subnet (evaluator accuracy and FID-style distance).
+schedule, measured for the full network and each subnet (evaluator accuracy and FID-style distance).
 Trains small transformers on the shipped tokenizer; writes bench/results/supernet_frontier.{json,md}
 and supernet_frontier.png (x: full-network distance, y: subnet distance; lower-left is better).
 
 The defaults repeat the shipped model's recipe (depth 8, width 128, 3,000 steps of 256): a few
-minutes per schedule on a GPU, many hours on 2 CPU cores.
+minutes per schedule on a GPU, many hours on 2 CPU cores. A CPU-sized frontier (about 12 minutes a
+schedule on 2 cores): --width 64 --steps 600 --batch-size 64 --augment-copies 1 --out-name
+supernet_frontier_cpu. Results are written after every schedule; a rerun with the same settings
+skips the schedules already measured (--fresh starts over), so an interrupted run resumes.
 
 Usage: python -m bench.supernet_frontier --device cuda [--schedules fixed:0.2,fixed:0.5,fixed:0.8,progressive]
-       [--steps 3000] [--batch-size 256] [--depth 8] [--width 128] [--subnet 2] [--switch-scale 4]
+       [--steps 3000] [--batch-size 256] [--depth 8] [--width 128] [--subnets 4,2] [--switch-scale 4]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 
 import torch
@@ -38,10 +42,13 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--depth", type=int, default=8)
     p.add_argument("--width", type=int, default=128)
-    p.add_argument("--subnet", type=int, default=2)
+    p.add_argument("--subnets", default="4,2", help="subnet depths trained and measured")
     p.add_argument("--switch-scale", type=int, default=4)
     p.add_argument("--per-class", type=int, default=30)
+    p.add_argument("--out-name", default="supernet_frontier")
+    p.add_argument("--fresh", action="store_true", help="ignore schedules measured by an earlier run")
     args = parse_args(p, argv)
+    settings = {k: v for k, v in vars(args).items() if k not in ("schedules", "fresh", "threads")}
     base = Pipeline.from_pretrained(device=args.device)
     evaluator = base.components["evaluator"]
     feats = FeatureExtractor(evaluator)
@@ -51,9 +58,13 @@ def main(argv=None) -> None:
                                 num_classes=10, vocab_size=t.vocab_size, z_channels=t.z_channels,
                                 patch_nums=t.patch_nums)
     model_cfg = ModelConfig(t, var_cfg)
-    rows = []
+    rows = [] if args.fresh else previous_rows(args.out_name, settings)
     for name in args.schedules.split(","):
-        plan = SupernetPlan(args.depth, t.patch_nums, (args.subnet,), (args.switch_scale,), args.steps,
+        if any(r["schedule"] == name for r in rows):
+            print(f"{name}: measured by an earlier run with these settings, skipped", flush=True)
+            continue
+        subnets = [int(d) for d in args.subnets.split(",")]
+        plan = SupernetPlan(args.depth, t.patch_nums, tuple(subnets), (args.switch_scale,), args.steps,
                             SupernetSchedule.parse(name))
         with tempfile.TemporaryDirectory() as out:
             cfg = TrainConfig(out_dir=out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -65,20 +76,35 @@ def main(argv=None) -> None:
         pipe = Pipeline(base.tokenizer, model, model_cfg)
         row = {"schedule": name, "steps": args.steps,
                "subnet_steps": sum(plan.plan_at(s) is not None for s in range(args.steps))}
-        for label, lp in (("full", None), ("subnet", DepthPlan(args.depth, args.subnet, args.switch_scale,
-                                                                 t.patch_nums))):
+        plans = [("full", None)] + [(f"d{d}", DepthPlan(args.depth, d, args.switch_scale, t.patch_nums))
+                                    for d in subnets]
+        for label, lp in plans:
             images, ys = generate_set(pipe, args.per_class, 1.5, 1000, lp)
             row[f"{label}_accuracy"] = accuracy(evaluator, images, ys)
             row[f"{label}_fid"] = frechet_distance(feats, batches(held01), batches(images))
         rows.append(row)
         print(row, flush=True)
-    line_chart(results_dir() / "supernet_frontier.png", "full vs subnet FID-style at equal steps",
+        write_frontier(rows, args, settings)
+
+
+def previous_rows(out_name: str, settings: dict) -> list[dict]:
+    """Rows of an earlier run with the same settings (empty if none)."""
+    path = results_dir() / f"{out_name}.json"
+    if not path.is_file():
+        return []
+    earlier = json.loads(path.read_text())
+    return earlier["rows"] if earlier.get("settings") == settings else []
+
+
+def write_frontier(rows: list[dict], args, settings: dict) -> None:
+    line_chart(results_dir() / f"{args.out_name}.png", "full vs subnet FID-style at equal steps",
                "full-network FID-style", "subnet FID-style",
-               {r["schedule"]: [(r["full_fid"], r["subnet_fid"])] for r in rows})
-    write_results("supernet_frontier", {"rows": rows, "args": vars(args)},
-                  f"Supernet schedules at equal steps ({args.steps} steps, depth {args.depth}, width {args.width}, "
-                  f"subnet {args.subnet} after {args.switch_scale} scales, cfg 1.5, {args.per_class} per class)\n\n"
-                  + markdown_table(rows, list(rows[0].keys())))
+               {f'{r["schedule"]} {d}': [(r["full_fid"], r[f"{d}_fid"])]
+                for r in rows for d in args.subnets.split(",") for d in [f"d{d}"]})
+    write_results(args.out_name, {"rows": rows, "settings": settings},
+                  f"Supernet schedules at equal steps ({args.steps} steps of {args.batch_size}, depth {args.depth}, "
+                  f"width {args.width}, subnets {args.subnets} after {args.switch_scale} scales, cfg 1.5, "
+                  f"{args.per_class} per class)\n\n" + markdown_table(rows, list(rows[0].keys())))
 
 
 if __name__ == "__main__":

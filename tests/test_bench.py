@@ -102,14 +102,24 @@ def test_memory_and_speed_smoke(results):
     assert (results / "memory.png").is_file() and (results / "speed.png").is_file()
 
 
-def test_supernet_frontier_smoke(results):
+def test_supernet_frontier_smoke_and_resume(results, capsys):
     from bench import supernet_frontier
 
-    supernet_frontier.main(["--schedules", "fixed:0.5,progressive", "--steps", "2", "--batch-size", "8",
-                            "--depth", "2", "--width", "32", "--augment-copies", "1", "--per-class", "1"])
+    common = ["--steps", "2", "--batch-size", "8", "--depth", "2", "--width", "32", "--subnets", "1",
+              "--augment-copies", "1", "--per-class", "1"]
+    supernet_frontier.main(["--schedules", "fixed:0.5"] + common)
+    first = rows(results / "supernet_frontier.json")
+    # a rerun with the same settings keeps the measured schedule and adds the new one
+    supernet_frontier.main(["--schedules", "fixed:0.5,progressive"] + common)
+    assert "fixed:0.5: measured by an earlier run" in capsys.readouterr().out
     r = rows(results / "supernet_frontier.json")
     assert [x["schedule"] for x in r] == ["fixed:0.5", "progressive"]
+    assert r[0] == first[0]
+    assert {"full_fid", "d1_fid", "d1_accuracy"} <= set(r[1])
     assert (results / "supernet_frontier.png").is_file()
+    # other settings start over
+    supernet_frontier.main(["--schedules", "progressive"] + common[2:] + ["--steps", "3"])
+    assert [x["schedule"] for x in rows(results / "supernet_frontier.json")] == ["progressive"]
 
 
 def test_bench_dispatch_via_cli(results, capsys):
