@@ -4,9 +4,9 @@ Trains small transformers on the shipped tokenizer; writes bench/results/superne
 and supernet_frontier.png (x: full-network distance, y: subnet distance; lower-left is better).
 
 The defaults repeat the shipped model's recipe (depth 8, width 128, 3,000 steps of 256): a few
-minutes per schedule on a GPU, many hours on 2 CPU cores. A CPU-sized frontier (about 12 minutes a
-schedule on 2 cores): --width 64 --steps 600 --batch-size 64 --augment-copies 1 --out-name
-supernet_frontier_cpu. Results are written after every schedule; a rerun with the same settings
+minutes per schedule on a GPU, many hours on 2 CPU cores (a twentieth of the samples, width 64 and 600
+steps of 64, took 11 minutes a schedule there and left the models untrained: FID-style ~110, chance
+accuracy). Results are written after every schedule; a rerun with the same settings
 skips the schedules already measured (--fresh starts over), so an interrupted run resumes.
 
 Usage: python -m bench.supernet_frontier --device cuda [--schedules fixed:0.2,fixed:0.5,fixed:0.8,progressive]
