@@ -74,7 +74,7 @@ def time_reference(pipe: Pipeline, labels: torch.Tensor, seed: int, cfg: float, 
     pipe.tokenizer.set_channels_last(False)  # the original decodes in the default memory format
     try:
         with torch.no_grad(), pipe.autocast(precision):
-            pipe.tokenizer.fhat_to_images(f_hat)
+            pipe.tokenizer.fhat_to_images_at_once(f_hat)  # and the whole batch in one call
         _sync(pipe)
     finally:
         pipe.tokenizer.set_channels_last(True)

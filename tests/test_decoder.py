@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from var_engine.config import TokenizerConfig
+from var_engine.tokenizer import Tokenizer
 from var_engine.tokenizer.vqvae import Decoder, Upsample2x, upsample_conv_subpixel
 
 
@@ -42,3 +43,24 @@ def test_decoder_fast_eval_path_matches_training_formulation():
         plain = decoder(z)
     torch.testing.assert_close(fast, reference.detach(), atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(plain, reference.detach(), atol=1e-6, rtol=1e-6)
+
+
+def test_cpu_decode_in_micro_batches_equals_one_call():
+    torch.manual_seed(0)
+    cfg = TokenizerConfig(ch=16, ch_mult=(1, 2), num_res_blocks=1, norm_groups=8, z_channels=4, vocab_size=32,
+                          patch_nums=(1, 2, 4))
+    tok = Tokenizer(cfg).eval().set_channels_last(True)
+    # largest activation per image: 16 channels at 8x8 (level 0) vs 32 at 4x4: 16 * 64 * 4 bytes
+    assert tok.decode_activation_bytes() == 16 * 8 * 8 * 4
+    cpu = torch.device("cpu")
+    tok.cpu_decode_chunk_bytes = 2 * tok.decode_activation_bytes()
+    assert tok.decode_chunk(5, cpu) == 2 and tok.decode_chunk(1, cpu) == 1
+    assert tok.decode_chunk(5, torch.device("cuda")) == 5  # GPUs decode the whole batch
+    f_hat = torch.randn(5, 4, 4, 4)
+    with torch.no_grad():
+        chunked = tok.fhat_to_images(f_hat)
+        whole = tok.fhat_to_images_at_once(f_hat)
+    assert chunked.shape == whole.shape == (5, 3, 8, 8)
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+    tok.cpu_decode_chunk_bytes = None
+    assert tok.decode_chunk(5, cpu) == 5

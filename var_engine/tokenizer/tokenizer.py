@@ -33,6 +33,9 @@ class Tokenizer(nn.Module):
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, ks, stride=1, padding=ks // 2)
         self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, ks, stride=1, padding=ks // 2)
         self.decode_channels_last = False
+        # on CPU, images whose decoder activations outgrow the caches decode faster in small
+        # micro-batches (256px, ch 160: 2.63 vs 3.01 s/image at batch 4); None decodes all at once
+        self.cpu_decode_chunk_bytes: int | None = 16 << 20
 
     def set_channels_last(self, enabled: bool = True) -> "Tokenizer":
         """Decode in channels-last memory format (CPU: ~1.35x faster decode; outputs differ by ~4e-5)."""
@@ -79,8 +82,26 @@ class Tokenizer(nn.Module):
         """Tokens (B, L) -> accumulated latent f_hat (B, C, h, w)."""
         return self.quantize.idx_to_fhat(self.split(tokens))
 
+    def decode_activation_bytes(self) -> int:
+        """Float32 bytes of the decoder's largest activation for one image (level i: ch * ch_mult[i] at size / 2^i)."""
+        size = self.cfg.image_size
+        return 4 * max(self.cfg.ch * m * (size >> i) ** 2 for i, m in enumerate(self.cfg.ch_mult))
+
+    def decode_chunk(self, batch: int, device: torch.device) -> int:
+        """Images decoded per decoder call: micro-batches within `cpu_decode_chunk_bytes` on CPU, else all."""
+        if device.type != "cpu" or self.cpu_decode_chunk_bytes is None:
+            return max(1, batch)
+        return max(1, min(batch, self.cpu_decode_chunk_bytes // self.decode_activation_bytes()))
+
     def fhat_to_images(self, f_hat: torch.Tensor) -> torch.Tensor:
         """f_hat -> images (B, 3, H, W) clamped to [-1, 1]."""
+        chunk = self.decode_chunk(f_hat.shape[0], f_hat.device)
+        if chunk < f_hat.shape[0]:
+            return torch.cat([self.fhat_to_images_at_once(part) for part in f_hat.split(chunk)])
+        return self.fhat_to_images_at_once(f_hat)
+
+    def fhat_to_images_at_once(self, f_hat: torch.Tensor) -> torch.Tensor:
+        """f_hat -> images in one decoder call."""
         if self.decode_channels_last:
             f_hat = f_hat.contiguous(memory_format=torch.channels_last)
         return self.decoder(self.post_quant_conv(f_hat)).clamp_(-1, 1).contiguous()

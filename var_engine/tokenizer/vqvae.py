@@ -35,14 +35,17 @@ def upsample_conv_subpixel(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     cout = weight.shape[0]
     y = F.conv2d(x, subpixel_weight(weight), None if bias is None else bias.repeat(4), padding=1)
     y = y.unflatten(1, (2, 2, cout))  # (B, a, b, Cout, H + 1, W + 1)
+    # a freshly allocated output (not a view), so later kernels see its memory format without copying
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        out = x.new_empty(B, H, 2, W, 2, cout).permute(0, 5, 1, 2, 3, 4)  # keeps the output channels-last
+        out = torch.empty(B, cout, 2 * H, 2 * W, dtype=y.dtype, device=x.device, memory_format=torch.channels_last)
+        phases = out.permute(0, 2, 3, 1).view(B, H, 2, W, 2, cout).permute(0, 5, 1, 2, 3, 4)
     else:
-        out = x.new_empty(B, cout, H, 2, W, 2)
+        out = x.new_empty(B, cout, 2 * H, 2 * W, dtype=y.dtype)
+        phases = out.view(B, cout, H, 2, W, 2)
     for a in (0, 1):
         for b in (0, 1):
-            out[:, :, :, a, :, b] = y[:, a, b, :, a:a + H, b:b + W]
-    return out.view(B, cout, 2 * H, 2 * W)
+            phases[:, :, :, a, :, b] = y[:, a, b, :, a:a + H, b:b + W]
+    return out
 
 
 class Upsample2x(nn.Module):
