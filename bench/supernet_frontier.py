@@ -97,10 +97,10 @@ def previous_rows(out_name: str, settings: dict) -> list[dict]:
 
 
 def write_frontier(rows: list[dict], args, settings: dict) -> None:
+    subnets = [f"d{d}" for d in args.subnets.split(",")]
     line_chart(results_dir() / f"{args.out_name}.png", "full vs subnet FID-style at equal steps",
                "full-network FID-style", "subnet FID-style",
-               {f'{r["schedule"]} {d}': [(r["full_fid"], r[f"{d}_fid"])]
-                for r in rows for d in args.subnets.split(",") for d in [f"d{d}"]})
+               {f'{r["schedule"]} {d}': [(r["full_fid"], r[f"{d}_fid"])] for r in rows for d in subnets})
     write_results(args.out_name, {"rows": rows, "settings": settings},
                   f"Supernet schedules at equal steps ({args.steps} steps of {args.batch_size}, depth {args.depth}, "
                   f"width {args.width}, subnets {args.subnets} after {args.switch_scale} scales, cfg 1.5, "

@@ -76,3 +76,15 @@ def test_sampler_tokens_agree_across_linear_backends():
     pipe.with_linear("auto")
     # another summation order may only move a token at an exact sampling boundary: practically never
     assert (out["blas"] == out["onednn"]).float().mean() > 0.99
+
+
+@needs_onednn
+def test_auto_resolves_small_layers_to_blas_once():
+    import var_engine.linear as linear
+
+    big, small = Linear(1024, 1024), Linear(16, 16)
+    module = torch.nn.Sequential(big, small)
+    set_linear_backend(module, "auto")
+    assert big.kernel is linear.auto_linear and small.kernel is F.linear
+    set_linear_backend(module, "onednn")
+    assert big.kernel is small.kernel is linear.onednn_linear

@@ -43,7 +43,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention", default="auto", choices=["auto", "sdpa", "math", "xformers"],
                    help="attention backend (auto: PyTorch SDPA; xformers needs CUDA and the 'gpu' extra)")
     p.add_argument("--linear", default="auto", choices=list(LINEAR_BACKENDS),
-                   help="linear kernels (auto: oneDNN for CPU float32 inference, BLAS elsewhere)")
+                   help="linear kernels (auto: oneDNN for few-row CPU float32 inference, BLAS elsewhere)")
     p.add_argument("--runner", default="eager", choices=RUNNERS,
                    help="how scale steps execute: eager (reference), torch.compile, or CUDA graphs (GPU)")
     p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,

@@ -1,10 +1,11 @@
 """Linear-layer kernels behind one switch: 'blas' (torch's default GEMM) or 'onednn' (CPU inference).
 
-On CPU the sampler's matrix products are small in one dimension (2 to a few hundred token rows
-against weights of tens of MB); oneDNN's matmul runs them up to ~1.8x faster than the BLAS path
-(`bench.sampler` measures it). 'auto' picks oneDNN for CPU float32 work without gradients and
-BLAS everywhere else (training, CUDA, autocast, torch.compile, which chooses its own kernels).
-Both compute the same function; results may differ in the last bits (another summation order).
+On CPU the sampler's early scales multiply a few token rows by weights of tens of MB; there
+oneDNN's matmul measured 1.7-1.85x faster than the BLAS path at 2-8 rows and 1.15-1.9x at 32-72,
+about even from 200 rows, and slower for small weights. 'auto' therefore sends CPU float32
+inference with at most ONEDNN_MAX_ROWS rows against a weight of at least ONEDNN_MIN_WEIGHT
+elements to oneDNN, and everything else (training, CUDA, autocast, torch.compile, which chooses
+its own kernels) to BLAS. Both compute the same function up to summation order.
 """
 from __future__ import annotations
 
@@ -58,9 +59,9 @@ def resolve_linear(name: str | None) -> LinearFn:
         raise ValueError(f"unknown linear backend {name!r}; choose from {list(LINEAR_BACKENDS)}")
     if name == "blas":
         return F.linear
-    if name == "onednn" and not onednn_available():
-        raise ValueError("linear backend 'onednn' is not available in this torch build")
     if name == "onednn":
+        if not onednn_available():
+            raise ValueError("linear backend 'onednn' is not available in this torch build")
         return onednn_linear
     return auto_linear if onednn_available() else F.linear
 
@@ -78,5 +79,6 @@ def set_linear_backend(module: nn.Module, name: str | None) -> None:
     """Use backend `name` for every switchable Linear inside `module`."""
     kernel = resolve_linear(name)
     for m in module.modules():
-        if isinstance(m, Linear):
-            m.kernel = kernel
+        if isinstance(m, Linear):  # small weights never take oneDNN under 'auto': skip the per-call check
+            small = kernel is auto_linear and m.weight.numel() < ONEDNN_MIN_WEIGHT
+            m.kernel = F.linear if small else kernel

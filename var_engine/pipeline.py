@@ -120,8 +120,9 @@ class Pipeline:
         return self
 
     def with_linear(self, name: str | None) -> "Pipeline":
-        """Choose the transformer's linear kernels ('auto': oneDNN for CPU float32 inference, else BLAS;
-        'blas'; 'onednn'). Raises ConfigError for an unknown or unavailable backend."""
+        """Choose the transformer's linear kernels ('auto': oneDNN for few-row CPU float32 inference
+        against large weights, else BLAS; 'blas'; 'onednn'). Raises ConfigError for an unknown or
+        unavailable backend."""
         try:
             self.transformer.set_linear(name)
         except ValueError as e:
