@@ -60,6 +60,7 @@ def main(argv=None) -> None:
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                    help="autocast for both implementations (the official demo samples under autocast)")
     p.add_argument("--runner", default="eager", choices=RUNNERS)
+    p.add_argument("--out-name", default=None, help="results file name (default: official_<model>[_<device>_...])")
     args = parse_args(p, argv)
     device = torch.device(args.device)
     pipe = build(args.model, device).with_runner(args.runner)
@@ -100,7 +101,7 @@ def main(argv=None) -> None:
                      "memory_ratio": kv_theirs / kv_ours, "max_image_diff": diff, "same_images": diff < 1e-3})
         print(rows[-1], flush=True)
     suffix = "" if device.type == "cpu" else f"_{device.type}_{args.precision}_{args.runner}"
-    write_results(f"official_{args.model}{suffix}", {"rows": rows, "official_dir": str(args.official_dir)},
+    write_results(args.out_name or f"official_{args.model}{suffix}", {"rows": rows, "official_dir": str(args.official_dir)},
                   f"var-engine vs the official VAR code ({args.model}, {device.type}, {args.precision}, runner "
                   f"{args.runner}, random weights, cfg {args.cfg}, top-k 900, "
                   f"top-p 0.96, median of {args.repeats})\n\n"
