@@ -137,7 +137,7 @@ class Conditioning:
 class VARTransformer(nn.Module):
     """Class-conditional next-scale prediction transformer."""
 
-    def __init__(self, cfg: TransformerConfig, attention: str | None = None, linear: str | None = None):
+    def __init__(self, cfg: TransformerConfig, attention: str | None = None):
         super().__init__()
         self.cfg = cfg
         C, L = cfg.embed_dim, cfg.num_tokens
@@ -162,7 +162,7 @@ class VARTransformer(nn.Module):
         self.head_nm = AdaLNBeforeHead(cfg)
         self.head = Linear(C, cfg.vocab_size)
         self.attend: AttentionFn = resolve_backend(attention)
-        set_linear_backend(self, linear)
+        set_linear_backend(self, "auto")  # switch with set_linear
 
     def set_attention(self, name: str | None) -> None:
         """Switch the attention backend ('auto', 'sdpa', 'math', 'xformers')."""
