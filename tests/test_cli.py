@@ -44,3 +44,13 @@ def test_official_checkpoint_via_cli(tmp_path, capsys):
             "--patch-nums", "1,2,3,4"]
     assert main(["info", *args]) == 0
     assert main(["generate", *args, "--class", "917", "--num", "2", "-o", str(tmp_path / "o.png"), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("extra, message", [(["--distill", "0.5"], "needs --supernet"),
+                                            (["--supernet", "--distill", "2"], "in \\[0, 1\\]"),
+                                            (["--supernet", "--schedule", "progressive:1,2"], "bad schedule")])
+def test_bad_training_settings_are_messages(tmp_path, capsys, extra, message):
+    import re
+
+    assert main(["train", "--tokenizer", str(tmp_path / "missing"), "--out", str(tmp_path / "run"), *extra]) == 2
+    assert re.search(message, capsys.readouterr().err)

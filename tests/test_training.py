@@ -50,11 +50,12 @@ def test_tokenizer_training_reduces_loss(folder, tmp_path):
     assert (tmp_path / "tokenizer.safetensors").is_file() and (tmp_path / "tokenizer.json").is_file()
 
 
-def _train(out, folder, steps=6, plan=None, **kw):
+def _train(out, folder, steps=6, plan=None, distill=None, teacher=None, init_from=None, **kw):
     torch.manual_seed(0)
     tok = Tokenizer(TOK).eval()
     ds = ImageFolderDataset(folder, size=16)
-    return tt.train_transformer(ModelConfig(TOK, VAR), tok, small_cfg(out, steps, **kw), ds, plan=plan, progress=False)
+    return tt.train_transformer(ModelConfig(TOK, VAR), tok, small_cfg(out, steps, **kw), ds, plan=plan,
+                                distill=distill, teacher=teacher, init_from=init_from, progress=False)
 
 
 def test_killed_run_resumes_to_identical_weights(folder, tmp_path, monkeypatch):
@@ -83,11 +84,26 @@ def test_resume_with_another_config_is_refused(folder, tmp_path):
         _train(tmp_path, folder, steps=2, ckpt_every=1, lr=1e-2)
 
 
+def _lively_model():
+    """A transformer with PyTorch's default init: every block matters, so subnets differ from the full network."""
+    from var_engine.transformer import VARTransformer
+
+    torch.manual_seed(2)
+    return VARTransformer(VAR)
+
+
 def test_supernet_training_runs_subnet_steps(folder, tmp_path):
+    import json
+
+    from var_engine.distillation import Distillation
+
     plan = SupernetPlan(4, PN, depths=(2,), switch_scales=(1, 2), total_steps=6)
-    assert any(plan.block_tokens(s) is not None for s in range(6))
-    model = _train(tmp_path, folder, steps=6, plan=plan)
+    subnet_steps = [plan.block_tokens(s) is not None for s in range(6)]
+    assert any(subnet_steps) and not all(subnet_steps)
+    model = _train(tmp_path, folder, steps=6, plan=plan, distill=Distillation(0.5), init_from=_lively_model())
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    rows = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    assert [r["distill"] > 0 for r in rows] == subnet_steps  # the term exists on subnet steps only
 
 
 def test_torchrun_two_gloo_processes(folder, tmp_path):
@@ -108,3 +124,51 @@ def test_torchrun_two_gloo_processes(folder, tmp_path):
 
     pipe = Pipeline.from_pretrained(tmp_path / "var")
     assert pipe.generate([0, 1], seed=0).images.shape == (2, 3, 16, 16)
+
+
+def _subnet_gap(model, folder) -> float:
+    """Mean KL(full network || depth-2 subnet after scale 1) on teacher-forced data tokens."""
+    from var_engine.distillation import distill_loss
+    from var_engine.variant import DepthPlan
+
+    torch.manual_seed(0)
+    tok = Tokenizer(TOK).eval()
+    ds = ImageFolderDataset(folder, size=16)
+    images = torch.stack([ds[i][0] for i in range(len(ds))])
+    labels = torch.tensor([ds[i][1] for i in range(len(ds))])
+    with torch.no_grad():
+        x = tok.teacher_input(tok.encode(images))
+        model.eval()
+        full = model(labels, x)
+        sub = model(labels, x, DepthPlan(4, 2, 1, PN).block_tokens())
+    return distill_loss(sub, full, torch.full((full.shape[1],), 1 / full.shape[1])).item()
+
+
+def test_inplace_distillation_pulls_subnets_toward_the_full_network(folder, tmp_path):
+    from var_engine.distillation import Distillation
+    from var_engine.variant import SupernetSchedule
+
+    plan = SupernetPlan(4, PN, depths=(2,), switch_scales=(1,), total_steps=20,
+                        schedule=SupernetSchedule(kind="fixed", fixed_ratio=1.0))
+    start = _lively_model()
+    kw = dict(steps=20, plan=plan, ema_decay=0, init_from=start, lr=1e-3)
+    plain = _train(tmp_path / "plain", folder, **kw)
+    taught = _train(tmp_path / "taught", folder, distill=Distillation(1.0), **kw)
+    # subnet steps only: cross-entropy lets the subnet drift from the full network, distillation closes the gap
+    assert _subnet_gap(taught, folder) < 0.8 * _subnet_gap(plain, folder)
+
+
+def test_distillation_from_a_frozen_teacher_every_step(folder, tmp_path):
+    import json
+
+    from var_engine.distillation import Distillation
+    from var_engine.transformer import VARTransformer
+
+    torch.manual_seed(1)
+    teacher = VARTransformer(VAR)
+    teacher.init_weights()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    _train(tmp_path, folder, steps=3, ema_decay=0, distill=Distillation(1.0), teacher=teacher)
+    rows = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    assert all(r["distill"] > 0 for r in rows)
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # frozen

@@ -128,3 +128,13 @@ def test_transient_last_scale_saves_memory_with_identical_tokens(tiny_pipeline, 
         assert pipe.kv_bytes_per_image(1.5, None, True) == unit * (4 * 14 + 30)
     else:  # peak at the start: 2 skipped layers x 5 tokens + 2 subnet layers x 14
         assert pipe.kv_bytes_per_image(1.5, plan, True) == unit * max(2 * 5 + 2 * 14, 2 * 14 + 30)
+
+
+def test_progressive_schedule_from_text():
+    s = SupernetSchedule.parse("progressive:0.2,1,1@0.2,0.6")
+    assert s.ratios == (0.2, 1.0, 1.0) and s.boundaries == (0.2, 0.6)
+    assert s.subnet_probability(0.1) == 0.2 and s.subnet_probability(0.7) == 1.0
+    assert SupernetSchedule.parse("progressive:0,0.5,0.5").boundaries == SupernetSchedule().boundaries
+    for bad in ("progressive:0.2,1", "progressive:a,b,c", "progressive:0.2,1,1@0.7,0.2", "fixed:", "cosine"):
+        with pytest.raises(ConfigError):
+            SupernetSchedule.parse(bad)

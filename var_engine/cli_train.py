@@ -97,10 +97,15 @@ cmd_train_tokenizer.configure = _configure_train_tokenizer
 # ---------------------------------------------------------------------------------- transformer
 @command("train", "train the VAR transformer on a trained tokenizer (optionally as a VARiant supernet)")
 def cmd_train(args: argparse.Namespace) -> int:
+    from .distillation import Distillation
     from .train_tokenizer import load_tokenizer
     from .train_transformer import train_transformer
     from .variant import SupernetPlan, SupernetSchedule
 
+    distill = Distillation(args.distill, args.distill_temperature) if args.distill else None
+    if distill is not None and not args.supernet:
+        raise ConfigError("--distill teaches subnets from the full network: it needs --supernet")
+    schedule = SupernetSchedule.parse(args.schedule)
     tokenizer = load_tokenizer(args.tokenizer)
     tcfg = tokenizer.cfg
     train, heldout = _datasets(args, tcfg.image_size)
@@ -125,9 +130,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         extra["variant"] = {"depths": list(args.depths), "switch_scales": list(args.switch_scales),
                             "schedule": args.schedule, "switch_scale": max(args.switch_scales)}
         plan = SupernetPlan(var_cfg.depth, var_cfg.patch_nums, tuple(args.depths), tuple(args.switch_scales),
-                            args.steps, SupernetSchedule.parse(args.schedule), seed=args.seed)
+                            args.steps, schedule, seed=args.seed)
+    if distill is not None:
+        extra["variant"]["distill"] = {"weight": distill.weight, "temperature": distill.temperature}
     cfg = train_config(args)
-    train_transformer(model_cfg, tokenizer, cfg, train, heldout, plan=plan, init_from=init_from,
+    train_transformer(model_cfg, tokenizer, cfg, train, heldout, plan=plan, init_from=init_from, distill=distill,
                       augment_copies=args.augment_copies, label_smoothing=args.label_smoothing,
                       extra_config=extra, save_dtype=save_dtype(args.save_dtype), progress=not args.no_progress)
     print(f"checkpoint written to {args.out}")
@@ -153,7 +160,13 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
     s.add_argument("--depths", type=int_list, default=(4, 2), help="subnet depths sampled in subnet steps")
     s.add_argument("--switch-scales", "--switch-scale", type=int_list, default=(3, 4, 5),
                    help="full-depth scale counts sampled in subnet steps")
-    s.add_argument("--schedule", default="progressive", help="'progressive' or 'fixed:R' (subnet step fraction)")
+    s.add_argument("--schedule", default="progressive",
+                   help="'progressive', 'progressive:R0,R1,R2[@B0,B1]' (stage ratios and boundaries) "
+                        "or 'fixed:R' (subnet step fraction)")
+    s.add_argument("--distill", type=float, default=0.0,
+                   help="in-place distillation: on subnet steps the loss is (1 - W) * cross-entropy + W * "
+                        "KL(full network || subnet), W in [0, 1] (0: off)")
+    s.add_argument("--distill-temperature", type=float, default=1.0)
     add_train_args(p, steps=6000, batch_size=64, lr=1e-3, ema=0.999)
 
 

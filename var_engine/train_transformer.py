@@ -3,7 +3,9 @@
 One loop. Extensions plug in through arguments, never by copying the loop:
 - `plan`: per-step depth plan (`block_tokens(step)`), used by supernet training;
 - `loss_weight_L`: per-token loss weights (e.g. scale-weighted fine-tuning);
-- `trainable`: which parameters to train (selective fine-tuning).
+- `trainable`: which parameters to train (selective fine-tuning);
+- `distill` (+ `teacher`): a soft-target loss from a teacher's logits mixed in; without a teacher the
+  network at full depth teaches its own subnets on subnet steps (in-place distillation).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from torch.utils.data import Dataset
 
 from .checkpoints import save_pretrained
 from .config import ModelConfig, SamplingConfig
+from .distillation import Distillation, distill_loss
 from .images import save_grid
 from .sampling import sample
 from .tokenizer import Tokenizer
@@ -106,11 +109,14 @@ def train_transformer(model_cfg: ModelConfig, tokenizer: Tokenizer, cfg: TrainCo
                       heldout: Dataset | None = None, *, plan: StepPlan | None = None,
                       loss_weight_L: torch.Tensor | None = None,
                       trainable: Callable[[VARTransformer], Iterable[nn.Parameter]] | None = None,
-                      init_from: VARTransformer | None = None, augment_copies: int = 1,
+                      init_from: VARTransformer | None = None, distill: Distillation | None = None,
+                      teacher: VARTransformer | None = None, augment_copies: int = 1,
                       label_smoothing: float = 0.0, extra_config: dict | None = None,
                       save_dtype: torch.dtype | None = None, progress: bool = True) -> VARTransformer:
     """Train (or resume) in cfg.out_dir; writes a var-engine checkpoint directory there (EMA weights).
 
+    distill: mixes `Distillation`'s soft-target loss against `teacher` (a frozen model, every step),
+    or without a teacher against the model itself at full depth (steps where `plan` picks a subnet).
     extra_config: recorded in the checkpoint's config.json (e.g. {"variant": ...} for supernets).
     save_dtype: dtype of the written weights (e.g. torch.float16 to ship a smaller checkpoint).
     """
@@ -136,7 +142,10 @@ def train_transformer(model_cfg: ModelConfig, tokenizer: Tokenizer, cfg: TrainCo
     weight_L = (torch.full((L,), 1.0 / L) if loss_weight_L is None else loss_weight_L / loss_weight_L.sum())
     weight_L = weight_L.to(ctx.device)
     fingerprint = run_fingerprint(cfg, ctx.world_size, model=model_cfg.to_dict(), augment_copies=augment_copies,
-                                  label_smoothing=label_smoothing, plan=type(plan).__name__ if plan else None)
+                                  label_smoothing=label_smoothing, plan=type(plan).__name__ if plan else None,
+                                  **({"distill": distill, "teacher": teacher is not None} if distill else {}))
+    if teacher is not None:
+        teacher = teacher.to(ctx.device).eval().requires_grad_(False)
     step, _ = load_state(out, fingerprint, model, opt, ema)
     if ema is not None and step == 0:
         ema.shadow.load_state_dict(model.state_dict())
@@ -155,8 +164,16 @@ def train_transformer(model_cfg: ModelConfig, tokenizer: Tokenizer, cfg: TrainCo
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         block_tokens = plan.block_tokens(step) if plan is not None else None
-        logits = ddp(y, tokenizer.teacher_input(t), block_tokens)
+        x = tokenizer.teacher_input(t)
+        y = model.drop_labels(y)  # once, so that a teacher sees the same labels
+        logits = ddp(y, x, block_tokens, drop_labels=False)
         loss = token_loss(logits, t, weight_L, label_smoothing)
+        soft = loss.new_zeros(())
+        if distill is not None and distill.weight > 0 and (teacher is not None or block_tokens is not None):
+            with torch.no_grad():
+                target = (teacher or model)(y, x, None, drop_labels=False)
+            soft = distill_loss(logits, target, weight_L, distill.temperature)
+            loss = (1 - distill.weight) * loss + distill.weight * soft
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip else torch.zeros(())
@@ -168,6 +185,8 @@ def train_transformer(model_cfg: ModelConfig, tokenizer: Tokenizer, cfg: TrainCo
         if step % cfg.log_every == 0 or step == cfg.steps:
             row = {"step": step, "loss": ctx.mean(loss.detach()).item(), "grad_norm": float(grad_norm),
                    "lr": lr_at(step - 1, cfg)}
+            if distill is not None:
+                row["distill"] = ctx.mean(soft.detach()).item()
             train_log.write(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}")
         final_model = ema.shadow if ema is not None else model

@@ -201,19 +201,25 @@ class VARTransformer(nn.Module):
         return self.head(self.head_nm(h_BLC.float(), cond.head_ada).float()).float()
 
     # ----- forward passes -----
+    def drop_labels(self, labels_B: torch.Tensor) -> torch.Tensor:
+        """In training mode, each label becomes the null class with probability cond_drop_rate (for CFG)."""
+        if not (self.training and self.cfg.cond_drop_rate > 0):
+            return labels_B
+        drop = torch.rand(labels_B.shape[0], device=labels_B.device) < self.cfg.cond_drop_rate
+        return torch.where(drop, self.num_classes, labels_B)
+
     def forward(self, labels_B: torch.Tensor, x_BLCv: torch.Tensor,
-                block_tokens: Sequence[int] | None = None) -> torch.Tensor:
+                block_tokens: Sequence[int] | None = None, drop_labels: bool = True) -> torch.Tensor:
         """Teacher-forced logits (B, L, V) under the block-causal mask.
 
-        x_BLCv: (B, L - first_l, z_channels) from `Tokenizer.teacher_input`. In training mode,
-        labels are replaced by the null class with probability cond_drop_rate (for CFG).
+        x_BLCv: (B, L - first_l, z_channels) from `Tokenizer.teacher_input`. With drop_labels (and
+        in training mode) labels are dropped first (`drop_labels`); pass False for labels already dropped.
         block_tokens: optional per-block number of leading tokens the block processes; the block
         leaves later tokens untouched (used by depth plans; None = every block sees all tokens).
         """
         B = x_BLCv.shape[0]
-        if self.training and self.cfg.cond_drop_rate > 0:
-            drop = torch.rand(B, device=labels_B.device) < self.cfg.cond_drop_rate
-            labels_B = torch.where(drop, self.num_classes, labels_B)
+        if drop_labels:
+            labels_B = self.drop_labels(labels_B)
         cond = self.condition(labels_B)
         sos = cond.cond_BD.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, -1, -1)
         x = torch.cat((sos, self.word_embed(x_BLCv.float())), dim=1)

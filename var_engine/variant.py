@@ -91,15 +91,23 @@ class SupernetSchedule:
 
     @classmethod
     def parse(cls, text: str) -> "SupernetSchedule":
-        """'progressive' or 'fixed:R' (R = subnet step fraction in [0, 1])."""
+        """'progressive', 'progressive:R0,R1,R2[@B0,B1]' or 'fixed:R' (R = subnet step fraction in [0, 1])."""
         if text == "progressive":
             return cls()
-        if text.startswith("fixed:"):
-            try:
-                return cls(kind="fixed", fixed_ratio=float(text[6:]))
-            except ValueError as e:
-                raise ConfigError(f"bad fixed ratio in {text!r}") from e
-        raise ConfigError(f"schedule must be 'progressive' or 'fixed:R', got {text!r}")
+        kind, _, spec = text.partition(":")
+        try:
+            if kind == "fixed" and spec:
+                return cls(kind="fixed", fixed_ratio=float(spec))
+            if kind == "progressive" and spec:
+                ratios, _, bounds = spec.partition("@")
+                r = tuple(float(v) for v in ratios.split(","))
+                b = tuple(float(v) for v in bounds.split(",")) if bounds else cls.boundaries
+                if len(r) != 3 or len(b) != 2:
+                    raise ValueError("three ratios and two boundaries")
+                return cls(kind="progressive", ratios=r, boundaries=b)
+        except ValueError as e:
+            raise ConfigError(f"bad schedule {text!r}: {e}") from e
+        raise ConfigError(f"schedule must be 'progressive', 'progressive:R0,R1,R2[@B0,B1]' or 'fixed:R', got {text!r}")
 
     def subnet_probability(self, progress: float) -> float:
         if self.kind == "fixed":
