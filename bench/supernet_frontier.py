@@ -9,7 +9,10 @@ steps of 64, took 11 minutes a schedule there and left the models untrained: FID
 accuracy). Results are written after every schedule; a rerun with the same settings
 skips the schedules already measured (--fresh starts over), so an interrupted run resumes.
 
-Usage: python -m bench.supernet_frontier --device cuda [--schedules fixed:0.2,fixed:0.5,fixed:0.8,progressive]
+A schedule name may end in "+distill" or "+distill:W": the same schedule with in-place distillation
+(subnet steps learn the full network's distribution with weight W, default 1).
+
+Usage: python -m bench.supernet_frontier --device cuda [--schedules fixed:0.2,fixed:0.5,fixed:0.8,progressive,progressive+distill]
        [--steps 3000] [--batch-size 256] [--depth 8] [--width 128] [--subnets 4,2] [--switch-scale 4]
 """
 from __future__ import annotations
@@ -25,6 +28,7 @@ from bench.plot import line_chart
 from bench.quality import generate_set
 from var_engine import ModelConfig, Pipeline, TransformerConfig
 from var_engine.data import DigitsDataset
+from var_engine.distillation import Distillation
 from var_engine.evaluator import FeatureExtractor, accuracy
 from var_engine.metrics import batches, frechet_distance
 from var_engine.train_transformer import train_transformer
@@ -34,7 +38,7 @@ from var_engine.variant import DepthPlan, SupernetPlan, SupernetSchedule
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--schedules", default="fixed:0.2,fixed:0.5,fixed:0.8,progressive")
+    p.add_argument("--schedules", default="fixed:0.2,fixed:0.5,fixed:0.8,progressive,progressive+distill")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1.5e-3)
@@ -64,15 +68,16 @@ def main(argv=None) -> None:
             print(f"{name}: measured by an earlier run with these settings, skipped", flush=True)
             continue
         subnets = [int(d) for d in args.subnets.split(",")]
-        plan = SupernetPlan(args.depth, t.patch_nums, tuple(subnets), (args.switch_scale,), args.steps,
-                            SupernetSchedule.parse(name))
+        schedule, distill = parse_arm(name)
+        plan = SupernetPlan(args.depth, t.patch_nums, tuple(subnets), (args.switch_scale,), args.steps, schedule)
         with tempfile.TemporaryDirectory() as out:
             cfg = TrainConfig(out_dir=out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                               warmup_steps=max(1, args.steps // 10), ema_decay=0.998, eval_every=10**9,
                               ckpt_every=10**9, log_every=50, device=args.device)
             torch.manual_seed(0)
             model = train_transformer(model_cfg, base.tokenizer, cfg, DigitsDataset("train", recolour=True),
-                                      plan=plan, augment_copies=args.augment_copies, progress=False)
+                                      plan=plan, distill=distill, augment_copies=args.augment_copies,
+                                      progress=False)
         pipe = Pipeline(base.tokenizer, model, model_cfg)
         row = {"schedule": name, "steps": args.steps,
                "subnet_steps": sum(plan.plan_at(s) is not None for s in range(args.steps))}
@@ -85,6 +90,20 @@ def main(argv=None) -> None:
         rows.append(row)
         print(row, flush=True)
         write_frontier(rows, args, settings)
+
+
+def parse_arm(name: str) -> tuple[SupernetSchedule, Distillation | None]:
+    """'SCHEDULE', 'SCHEDULE+distill' or 'SCHEDULE+distill:W' -> (schedule, distillation or None)."""
+    schedule, plus, distill = name.partition("+")
+    if not plus:
+        return SupernetSchedule.parse(schedule), None
+    kind, _, weight = distill.partition(":")
+    if kind != "distill":
+        raise SystemExit(f"unknown schedule suffix in {name!r} (expected +distill or +distill:W)")
+    try:
+        return SupernetSchedule.parse(schedule), Distillation(float(weight) if weight else 1.0)
+    except ValueError as e:
+        raise SystemExit(f"bad distillation weight in {name!r}: {e}") from e
 
 
 def previous_rows(out_name: str, settings: dict) -> list[dict]:

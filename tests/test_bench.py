@@ -110,13 +110,15 @@ def test_supernet_frontier_smoke_and_resume(results, capsys):
     supernet_frontier.main(["--schedules", "fixed:0.5"] + common)
     first = rows(results / "supernet_frontier.json")
     # a rerun with the same settings keeps the measured schedule and adds the new one
-    supernet_frontier.main(["--schedules", "fixed:0.5,progressive"] + common)
+    supernet_frontier.main(["--schedules", "fixed:0.5,progressive+distill:0.5"] + common)
     assert "fixed:0.5: measured by an earlier run" in capsys.readouterr().out
     r = rows(results / "supernet_frontier.json")
-    assert [x["schedule"] for x in r] == ["fixed:0.5", "progressive"]
+    assert [x["schedule"] for x in r] == ["fixed:0.5", "progressive+distill:0.5"]
     assert r[0] == first[0]
     assert {"full_fid", "d1_fid", "d1_accuracy"} <= set(r[1])
     assert (results / "supernet_frontier.png").is_file()
+    with pytest.raises(SystemExit, match="suffix"):
+        supernet_frontier.main(["--schedules", "progressive+ema"] + common)
     # other settings start over
     supernet_frontier.main(["--schedules", "progressive"] + common[2:] + ["--steps", "3"])
     assert [x["schedule"] for x in rows(results / "supernet_frontier.json")] == ["progressive"]
