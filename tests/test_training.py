@@ -172,3 +172,15 @@ def test_distillation_from_a_frozen_teacher_every_step(folder, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
     assert all(r["distill"] > 0 for r in rows)
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # frozen
+
+
+def test_resume_with_another_supernet_schedule_is_refused(folder, tmp_path):
+    from var_engine.variant import SupernetSchedule
+
+    def plan(ratio):
+        return SupernetPlan(4, PN, depths=(2,), switch_scales=(1,), total_steps=2,
+                            schedule=SupernetSchedule(kind="fixed", fixed_ratio=ratio))
+
+    _train(tmp_path, folder, steps=2, ckpt_every=1, plan=plan(0.5))
+    with pytest.raises(CheckpointError, match="another config"):
+        _train(tmp_path, folder, steps=2, ckpt_every=1, plan=plan(0.9))

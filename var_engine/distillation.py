@@ -1,4 +1,4 @@
-"""Soft-target distillation from a teacher's logits, one term added to the token loss.
+"""Soft-target distillation from a teacher's logits, mixed into the token loss.
 
 Two uses share it: in-place distillation of supernet subnets (the teacher is the network itself
 at full depth, on subnet steps only) and distillation from a frozen prior model.

@@ -10,6 +10,7 @@ One loop. Extensions plug in through arguments, never by copying the loop:
 from __future__ import annotations
 
 import logging
+from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
@@ -142,7 +143,8 @@ def train_transformer(model_cfg: ModelConfig, tokenizer: Tokenizer, cfg: TrainCo
     weight_L = (torch.full((L,), 1.0 / L) if loss_weight_L is None else loss_weight_L / loss_weight_L.sum())
     weight_L = weight_L.to(ctx.device)
     fingerprint = run_fingerprint(cfg, ctx.world_size, model=model_cfg.to_dict(), augment_copies=augment_copies,
-                                  label_smoothing=label_smoothing, plan=type(plan).__name__ if plan else None,
+                                  label_smoothing=label_smoothing,
+                                  plan=plan if is_dataclass(plan) else type(plan).__name__ if plan else None,
                                   **({"distill": distill, "teacher": teacher is not None} if distill else {}))
     if teacher is not None:
         teacher = teacher.to(ctx.device).eval().requires_grad_(False)
