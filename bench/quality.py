@@ -16,6 +16,7 @@ from var_engine.evaluator import FeatureExtractor, accuracy
 from var_engine.images import save_grid
 from var_engine.metrics import batches, frechet_distance
 from var_engine.train_tokenizer import evaluate_tokenizer
+from var_engine.train_transformer import evaluate_tokens
 
 
 def generate_set(pipe: Pipeline, per_class: int, cfg: float, seed: int, plan=None, batch: int = 200):
@@ -72,14 +73,18 @@ def main(argv=None) -> None:
     reference = load_image_set(args.reference) if args.reference else held01
 
     tok = evaluate_tokenizer(pipe.tokenizer, held_x)
+    held_tokens = pipe.tokenizer.encode(held_x)
     floor = frechet_distance(feats, batches(held01), batches(train01))
     rows = [{"set": "real held-out vs train (floor)", "cfg": "", "depth": "",
-             "accuracy": accuracy(evaluator, held01, held_y), "fid_evaluator": floor, "s_per_image": ""}]
+             "accuracy": accuracy(evaluator, held01, held_y), "fid_evaluator": floor, "heldout_nll": "",
+             "s_per_image": ""}]
     D = pipe.config.depth
     depths = [D] + [int(d) for d in args.depths.split(",") if d]
     cfgs = [float(c) for c in args.cfgs.split(",") if c]
     for depth in depths:
         plan = None if depth == D else pipe.depth_plan(depth, args.switch_scale)
+        nll = evaluate_tokens(pipe.transformer, pipe.tokenizer, held_tokens, held_y,
+                              block_tokens=plan.block_tokens() if plan else None)["heldout_loss"]
         for cfg in cfgs:
             t0 = time.perf_counter()
             images, labels = generate_set(pipe, args.per_class, cfg, args.seed, plan)
@@ -87,7 +92,7 @@ def main(argv=None) -> None:
             rows.append({"set": "generated", "cfg": cfg, "depth": depth if plan else f"{D} (full)",
                          "accuracy": accuracy(evaluator, images, labels),
                          "fid_evaluator": frechet_distance(feats, batches(reference), batches(images)),
-                         "s_per_image": dt})
+                         "heldout_nll": nll, "s_per_image": dt})
             if args.inception:  # raises a ConfigError naming what is missing when unavailable
                 rows[-1]["fid_inception"] = frechet_distance(2048, batches(reference), batches(images))
             print(rows[-1], flush=True)
@@ -97,8 +102,11 @@ def main(argv=None) -> None:
     table = (f"Tokenizer: held-out PSNR {tok['psnr']:.2f} dB, codebook usage {tok['codebook_usage']:.1f}% "
              f"of {pipe.config.tokenizer.vocab_size} codes\n\n"
              f"Generated: {args.per_class} per class; FID-style distance from the shipped evaluator's features "
-             f"against {args.reference or f'{len(held01)} held-out digits'} (not comparable to Inception FID).\n\n"
-             + markdown_table(rows, ["set", "depth", "cfg", "accuracy", "fid_evaluator", "s_per_image"]
+             f"against {args.reference or f'{len(held01)} held-out digits'} (not comparable to Inception FID). "
+             "heldout_nll: teacher-forced cross-entropy (nats/token) of the held-out digits' tokens under the "
+             "depth plan (low-noise, independent of sampling).\n\n"
+             + markdown_table(rows, ["set", "depth", "cfg", "accuracy", "fid_evaluator", "heldout_nll",
+                                  "s_per_image"]
                             + (["fid_inception"] if args.inception else [])))
     write_results(args.out_name, {"checkpoint": pipe.meta.get("path"), "tokenizer": tok, "rows": rows,
                                   "per_class": args.per_class, "switch_scale": args.switch_scale or pipe.default_switch_scale()},

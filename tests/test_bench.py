@@ -73,6 +73,8 @@ def test_quality_smoke(results):
     quality.main(["--per-class", "3", "--cfgs", "1.5", "--depths", "2"])
     r = rows(results / "quality.json")
     assert len(r) == 3 and all(0 <= x["accuracy"] <= 1 for x in r)
+    full, subnet = r[1]["heldout_nll"], r[2]["heldout_nll"]
+    assert 0 < full < subnet < 10  # nats/token; the depth-2 subnet predicts held-out tokens worse
     assert (results / "quality.md").read_text().startswith("Tokenizer: held-out PSNR")
     ref = results / "ref.npz"  # a user-given reference set in the FID toolkits' layout
     np.savez(ref, arr_0=np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8))

@@ -138,3 +138,19 @@ def test_progressive_schedule_from_text():
     for bad in ("progressive:0.2,1", "progressive:a,b,c", "progressive:0.2,1,1@0.7,0.2", "fixed:", "cosine"):
         with pytest.raises(ConfigError):
             SupernetSchedule.parse(bad)
+
+
+def test_heldout_loss_of_a_full_depth_plan_equals_the_full_network(tiny_pipeline):
+    from var_engine.train_transformer import evaluate_tokens
+
+    pipe = tiny_pipeline
+    D, pn = pipe.config.depth, pipe.config.patch_nums
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, pipe.config.transformer.vocab_size, (4, pipe.config.transformer.num_tokens), generator=g)
+    labels = torch.tensor([0, 1, 0, 1])
+    full = evaluate_tokens(pipe.transformer, pipe.tokenizer, tokens, labels)
+    same = evaluate_tokens(pipe.transformer, pipe.tokenizer, tokens, labels,
+                           block_tokens=DepthPlan(D, D, 1, pn).block_tokens())
+    sub = evaluate_tokens(pipe.transformer, pipe.tokenizer, tokens, labels,
+                          block_tokens=DepthPlan(D, 1, 1, pn).block_tokens())
+    assert same == full and sub != full

@@ -78,14 +78,17 @@ def token_loss(logits_BLV: torch.Tensor, tokens_BL: torch.Tensor, weight_L: torc
 
 @torch.no_grad()
 def evaluate_tokens(model: VARTransformer, tokenizer: Tokenizer, tokens: torch.Tensor, labels: torch.Tensor,
-                    batch_size: int = 256) -> dict[str, float]:
-    """Teacher-forced loss and token accuracy on held-out tokens (labels kept, no dropout)."""
+                    batch_size: int = 256, block_tokens: Sequence[int] | None = None) -> dict[str, float]:
+    """Teacher-forced loss and token accuracy on held-out tokens (labels kept, no dropout).
+
+    block_tokens: a depth plan's `block_tokens()` to measure that subnet (None: the full network).
+    """
     model.eval()
     dev = model.pos_1LC.device
     loss, correct, n = 0.0, 0, 0
     for i in range(0, len(tokens), batch_size):
         t, y = tokens[i:i + batch_size].to(dev), labels[i:i + batch_size].to(dev)
-        logits = model(y, tokenizer.teacher_input(t))
+        logits = model(y, tokenizer.teacher_input(t), block_tokens)
         loss += F.cross_entropy(logits.transpose(1, 2), t, reduction="sum").item()
         correct += (logits.argmax(-1) == t).sum().item()
         n += t.numel()
