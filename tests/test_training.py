@@ -50,10 +50,13 @@ def test_tokenizer_training_reduces_loss(folder, tmp_path):
     assert (tmp_path / "tokenizer.safetensors").is_file() and (tmp_path / "tokenizer.json").is_file()
 
 
-def _train(out, folder, steps=6, plan=None, distill=None, teacher=None, init_from=None, **kw):
+def _tokenizer_and_data(folder):
     torch.manual_seed(0)
-    tok = Tokenizer(TOK).eval()
-    ds = ImageFolderDataset(folder, size=16)
+    return Tokenizer(TOK).eval(), ImageFolderDataset(folder, size=16)
+
+
+def _train(out, folder, steps=6, plan=None, distill=None, teacher=None, init_from=None, **kw):
+    tok, ds = _tokenizer_and_data(folder)
     return tt.train_transformer(ModelConfig(TOK, VAR), tok, small_cfg(out, steps, **kw), ds, plan=plan,
                                 distill=distill, teacher=teacher, init_from=init_from, progress=False)
 
@@ -131,9 +134,7 @@ def _subnet_gap(model, folder) -> float:
     from var_engine.distillation import distill_loss
     from var_engine.variant import DepthPlan
 
-    torch.manual_seed(0)
-    tok = Tokenizer(TOK).eval()
-    ds = ImageFolderDataset(folder, size=16)
+    tok, ds = _tokenizer_and_data(folder)
     images = torch.stack([ds[i][0] for i in range(len(ds))])
     labels = torch.tensor([ds[i][1] for i in range(len(ds))])
     with torch.no_grad():
