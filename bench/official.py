@@ -26,8 +26,12 @@ from var_engine.pipeline import PRECISIONS
 from var_engine.sampling import RUNNERS
 
 
-def load_official(official_dir: Path, pipe):
-    """Build the official VQVAE + VAR with var-engine's config and load var-engine's state dicts."""
+def load_official(official_dir: Path, pipe, fast_kernels: bool = False):
+    """Build the official VQVAE + VAR with var-engine's config and load var-engine's state dicts.
+
+    fast_kernels: let the official code use flash-attn / xformers / fused ops where installed (its own
+    defaults, for GPU timing); off, it runs its plain PyTorch path (CPU parity).
+    """
     if not (official_dir / "models" / "var.py").is_file():
         raise SystemExit(f"{official_dir} does not look like a FoundationVision/VAR checkout (models/var.py missing)")
     sys.path.insert(0, str(official_dir))
@@ -43,10 +47,30 @@ def load_official(official_dir: Path, pipe):
     var = var_mod.VAR(vae_local=vae, num_classes=v.num_classes, depth=v.depth, embed_dim=v.embed_dim,
                       num_heads=v.num_heads, norm_eps=v.norm_eps, shared_aln=v.shared_aln, cond_drop_rate=0.0,
                       attn_l2_norm=v.attn_l2_norm, patch_nums=v.patch_nums,
-                      flash_if_available=False, fused_if_available=False)
+                      flash_if_available=fast_kernels, fused_if_available=fast_kernels)
     vae.load_state_dict({k: x.contiguous() for k, x in pipe.tokenizer.state_dict().items()})
     var.load_state_dict(pipe.transformer.state_dict())
     return vae.eval(), var.eval()
+
+
+class OfficialKVMeter:
+    """Peak bytes held in the official model's KV caches, read from its attention modules after each
+    forward (their dtype is whatever the official code stores under the chosen autocast)."""
+
+    def __init__(self, var) -> None:
+        self.held: dict[int, int] = {}
+        self.peak = 0
+        for block in var.blocks:
+            block.attn.register_forward_hook(self._after_forward)
+
+    def _after_forward(self, module, args, output) -> None:
+        tensors = (getattr(module, "cached_k", None), getattr(module, "cached_v", None))
+        self.held[id(module)] = sum(t.numel() * t.element_size() for t in tensors if t is not None)
+        self.peak = max(self.peak, sum(self.held.values()))
+
+    def reset(self) -> None:
+        self.held.clear()
+        self.peak = 0
 
 
 def main(argv=None) -> None:
@@ -64,9 +88,11 @@ def main(argv=None) -> None:
     args = parse_args(p, argv)
     device = torch.device(args.device)
     pipe = build(args.model, device).with_runner(args.runner)
-    _, var = load_official(args.official_dir, pipe)
+    vae, var = load_official(args.official_dir, pipe, fast_kernels=device.type == "cuda")
+    vae.to(device)  # the official VAR holds its VQVAE outside its registered modules
     var.to(device)
     var.rng = torch.Generator(device)  # the official model seeds its own generator per call
+    meter = OfficialKVMeter(var)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     pipe.generate([0], seed=0, cfg=args.cfg, precision=args.precision)  # warm-up (and capture/compile)
     with torch.no_grad(), pipe.autocast(args.precision):
@@ -74,7 +100,7 @@ def main(argv=None) -> None:
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
         labels = (torch.arange(batch) % pipe.config.num_classes).to(device)
-        ours, theirs, kv_ours = [], [], 0
+        ours, theirs, kv_ours, kv_theirs = [], [], 0, 0
         if args.runner != "eager":  # capture / compile for this batch size outside the timing
             pipe.generate(labels, seed=0, cfg=args.cfg, precision=args.precision)
         for r in range(args.repeats):
@@ -84,15 +110,16 @@ def main(argv=None) -> None:
             sync()
             ours.append(time.perf_counter() - t0)
             kv_ours = out.stats.kv_bytes
+            meter.reset()
             t0 = time.perf_counter()
             with torch.no_grad(), pipe.autocast(args.precision):
                 images = var.autoregressive_infer_cfg(batch, labels, g_seed=100 + r, cfg=args.cfg, top_k=900, top_p=0.96)
             sync()
             theirs.append(time.perf_counter() - t0)
+            kv_theirs = meter.peak
             diff = (images.float() - out.images).abs().max().item()
-        # the official caches are grown by torch.cat and cleared when sampling ends; at the last scale
-        # they hold the full analytic size (plus a transient copy per layer during each cat)
-        kv_theirs = batch * pipe.kv_bytes_per_image(args.cfg)
+        # the official caches are grown by torch.cat and cleared when sampling ends; the meter sees
+        # them at their largest, after the last scale (not the transient copy made by each cat)
         rows.append({"model": args.model, "device": str(device), "precision": args.precision, "runner": args.runner,
                      "batch": batch, "official_s_per_image": statistics.median(theirs) / batch,
                      "var_engine_s_per_image": statistics.median(ours) / batch,

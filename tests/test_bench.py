@@ -141,4 +141,7 @@ def test_official_side_by_side(tmp_path, monkeypatch):
     from bench import official
 
     official.main(["--official-dir", path, "--model", "d16", "--batches", "1", "--repeats", "1"])
-    assert all(r["same_images"] for r in rows(tmp_path / "official_d16.json"))
+    measured = rows(tmp_path / "official_d16.json")
+    assert all(r["same_images"] for r in measured)
+    # fp32: both caches hold the same keys and values at their largest (official's read from its modules)
+    assert all(r["kv_bytes_official"] == r["kv_bytes_var_engine"] > 0 for r in measured)
