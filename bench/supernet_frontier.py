@@ -115,11 +115,15 @@ def previous_rows(out_name: str, settings: dict) -> list[dict]:
     return earlier["rows"] if earlier.get("settings") == settings else []
 
 
+def plot_frontier(rows: list[dict], subnets: list[int], path) -> None:
+    """Full-network vs subnet FID-style, one colour per subnet depth, each dot labelled by its schedule."""
+    line_chart(path, "full vs subnet FID-style at equal steps", "full-network FID-style", "subnet FID-style",
+               {f"depth {d}": [(r["full_fid"], r[f"d{d}_fid"], r["schedule"]) for r in rows] for d in subnets},
+               connect=False)
+
+
 def write_frontier(rows: list[dict], args, settings: dict) -> None:
-    subnets = [f"d{d}" for d in args.subnets.split(",")]
-    line_chart(results_dir() / f"{args.out_name}.png", "full vs subnet FID-style at equal steps",
-               "full-network FID-style", "subnet FID-style",
-               {f'{r["schedule"]} {d}': [(r["full_fid"], r[f"{d}_fid"])] for r in rows for d in subnets})
+    plot_frontier(rows, [int(d) for d in args.subnets.split(",")], results_dir() / f"{args.out_name}.png")
     write_results(args.out_name, {"rows": rows, "settings": settings},
                   f"Supernet schedules at equal steps ({args.steps} steps of {args.batch_size}, depth {args.depth}, "
                   f"width {args.width}, subnets {args.subnets} after {args.switch_scale} scales, cfg 1.5, "
