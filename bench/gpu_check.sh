@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The GPU checks in one run (about 6 minutes on an H100/H200, plus the optional frontier): the CUDA
-# tests, the side by side with the official code (given a checkout in $OFFICIAL_DIR, default
-# .official), the sampler's GPU mode (runners vs the physical floor), torch.compile, and, with
-# FRONTIER_STEPS set, the supernet schedule frontier at that many steps.
+# The GPU checks in one run (about 4 minutes on an H200, plus the optional parts): the CUDA tests,
+# the side by side with the official code (given a checkout in $OFFICIAL_DIR, default .official),
+# the sampler's GPU mode (runners vs the physical floor), the decoder's settings with the profiler's
+# top ops; with WITH_COMPILE=1 torch.compile (VAR-d16 took over 150 s to compile on an H200), and
+# with FRONTIER_STEPS set, the supernet schedule frontier at that many steps.
 # Results (JSON + markdown + logs) go to $OUT (default bench/results/gpu); with ARCHIVE=path.tgz
 # they are also packed into one archive after every step, so a run cut short keeps what finished.
 #
 #   OUT=bench/results/gpu OFFICIAL_DIR=../VAR bash bench/gpu_check.sh
-#   FRONTIER_STEPS=1000 SKIP_COMPILE=1 bash bench/gpu_check.sh
+#   FRONTIER_STEPS=1000 WITH_COMPILE=1 bash bench/gpu_check.sh
 set -u
 OUT=${OUT:-bench/results/gpu}
 OFFICIAL_DIR=${OFFICIAL_DIR:-.official}
@@ -40,8 +41,10 @@ step 180 sampler_bf16 python -m bench.sampler --device cuda --models d16,d20,d30
   --precision bf16 --runners eager,cuda-graphs --no-reference --repeats 3 --out-name sampler_gpu_bf16
 step 90 sampler_fp32 python -m bench.sampler --device cuda --models d16 --batches 1,64 \
   --precision fp32 --runners eager,cuda-graphs --repeats 3 --out-name sampler_gpu_fp32
-if [ -z "${SKIP_COMPILE:-}" ]; then
-  step 120 sampler_compile python -m bench.sampler --device cuda --models d16 --batches 1 --precision bf16 \
+step 120 decoder python -m bench.decoder --device cuda --models d16 --batches 1,64 --precisions bf16,fp32 \
+  --repeats 3 --profile --out-name decoder_gpu
+if [ -n "${WITH_COMPILE:-}" ]; then
+  step 600 sampler_compile python -m bench.sampler --device cuda --models d16 --batches 1 --precision bf16 \
     --runners eager,compile --compile-mode reduce-overhead --no-reference --repeats 3 --out-name sampler_gpu_compile
 fi
 if [ -n "${FRONTIER_STEPS:-}" ]; then

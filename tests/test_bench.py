@@ -33,6 +33,19 @@ def test_sampler_smoke(results):
     assert all(x["x_floor"] > 1 for x in r)  # nothing beats the physical floor
 
 
+def test_decoder_smoke(results):
+    from bench import decoder
+
+    decoder.main(["--models", "default", "--batches", "2", "--repeats", "1", "--profile"])
+    payload = json.loads((results / "decoder.json").read_text())
+    r = payload["rows"]
+    # CPU: memory format x sub-pixel upsampling, the engine's default setting first
+    assert [(x["channels_last"], x["subpixel"]) for x in r] == [(True, True), (True, False), (False, True), (False, False)]
+    assert r[0]["speedup_vs_default"] == 1 and all(x["x_floor"] > 1 for x in r)
+    ops = payload["profiles"]["default batch 2"]
+    assert ops and any("conv" in op["op"] for op in ops)
+
+
 def test_floor_matmul_flops_equal_pytorch_count():
     """The floor's analytic FLOPs per scale step equal what PyTorch's FLOP counter sees (matmuls)."""
     import torch

@@ -1,0 +1,141 @@
+"""VQVAE decode speed under each decoder setting: memory format, sub-pixel upsampling, precision and
+(on CUDA) cuDNN autotuning, against the decoder's FLOP floor; optionally the profiler's top ops.
+Prints a table, writes bench/results/<out-name>.{json,md}.
+
+Usage: python -m bench.decoder [--models default,d16] [--batches 1,4] [--precisions fp32]
+       GPU: python -m bench.decoder --device cuda --models d16 --batches 1,64 --precisions fp32,bf16 --profile
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from bench.common import markdown_table, parse_args, write_results
+from bench.floor import measure_peaks
+from bench.sampler import build, image_decoder_flops
+from var_engine.pipeline import PRECISIONS, Pipeline
+from var_engine.tokenizer.vqvae import Upsample2x
+
+
+@dataclass(frozen=True)
+class DecoderSetting:
+    precision: str
+    channels_last: bool
+    subpixel: bool
+    cudnn_benchmark: bool
+
+    def apply(self, pipe: Pipeline) -> None:
+        pipe.tokenizer.set_channels_last(self.channels_last)
+        for m in pipe.tokenizer.decoder.modules():
+            if isinstance(m, Upsample2x):
+                m.subpixel = self.subpixel
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark
+
+
+def settings_for(device: torch.device, precisions: list[str]) -> list[DecoderSetting]:
+    """The engine's default first (channels-last, sub-pixel, no autotuning), then every other combination."""
+    tune = (False, True) if device.type == "cuda" else (False,)
+    combos = [DecoderSetting(p, cl, sp, cb) for p in precisions
+              for cl, sp, cb in itertools.product((True, False), (True, False), tune)]
+    return sorted(combos, key=lambda s: (s.precision != precisions[0], not s.channels_last, not s.subpixel,
+                                         s.cudnn_benchmark))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_decode(pipe: Pipeline, f_hat: torch.Tensor, setting: DecoderSetting, repeats: int) -> float:
+    """Median seconds of one decode of f_hat under `setting`, after a warm-up (autotuning happens there)."""
+    setting.apply(pipe)
+    times = []
+    with torch.no_grad(), pipe.autocast(setting.precision):
+        for i in range(repeats + 1):
+            _sync(pipe.device)
+            t0 = time.perf_counter()
+            pipe.tokenizer.fhat_to_images(f_hat)
+            _sync(pipe.device)
+            if i:
+                times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def top_ops(pipe: Pipeline, f_hat: torch.Tensor, setting: DecoderSetting, count: int = 12) -> list[dict]:
+    """The profiler's most expensive ops of one decode (self time on the device that ran them)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    setting.apply(pipe)
+    cuda = pipe.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with torch.no_grad(), pipe.autocast(setting.precision):
+        pipe.tokenizer.fhat_to_images(f_hat)  # warm-up
+        _sync(pipe.device)
+        with profile(activities=activities) as prof:
+            pipe.tokenizer.fhat_to_images(f_hat)
+            _sync(pipe.device)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)[:count]
+    total = sum(getattr(e, key, 0) for e in prof.key_averages()) or 1
+    return [{"op": e.key, "calls": e.count, "self_ms": getattr(e, key, 0) / 1e3,
+             "share": getattr(e, key, 0) / total} for e in events]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--models", default="default,d16")
+    p.add_argument("--batches", default="1,4")
+    p.add_argument("--precisions", default="fp32", help=f"comma list from {','.join(PRECISIONS)}")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--profile", action="store_true", help="add the top ops of the default setting per shape")
+    p.add_argument("--out-name", default="decoder")
+    args = parse_args(p, argv)
+    device = torch.device(args.device)
+    precisions = args.precisions.split(",")
+    if unknown := [x for x in precisions if x not in PRECISIONS]:
+        raise SystemExit(f"unknown precision {unknown[0]!r}; choose from {', '.join(PRECISIONS)}")
+    peaks = {x: measure_peaks(device, torch.float32 if x == "fp32" else PRECISIONS[x]).matmul for x in precisions}
+    rows, profiles = [], {}
+    benchmark_before = torch.backends.cudnn.benchmark
+    try:
+        for name in args.models.split(","):
+            pipe = build(name, device)
+            flops = image_decoder_flops(pipe)
+            L = pipe.config.transformer.num_tokens
+            for batch in (int(b) for b in args.batches.split(",")):
+                g = torch.Generator().manual_seed(0)
+                tokens = torch.randint(pipe.config.tokenizer.vocab_size, (batch, L), generator=g).to(device)
+                f_hat = pipe.tokenizer.tokens_to_fhat(tokens)
+                group = []
+                for setting in settings_for(device, precisions):
+                    seconds = time_decode(pipe, f_hat, setting, args.repeats)
+                    floor = batch * flops / peaks[setting.precision]
+                    group.append({"model": name, "batch": batch, **asdict(setting), "ms_per_image": 1e3 * seconds / batch,
+                                  "x_floor": seconds / floor})
+                for row in group:
+                    row["speedup_vs_default"] = group[0]["ms_per_image"] / row["ms_per_image"]
+                    print(row, flush=True)
+                rows += group
+                if args.profile:
+                    profiles[f"{name} batch {batch}"] = top_ops(pipe, f_hat, settings_for(device, precisions)[0])
+            settings_for(device, precisions)[0].apply(pipe)
+    finally:
+        torch.backends.cudnn.benchmark = benchmark_before
+    cols = ["model", "batch", "precision", "channels_last", "subpixel", "cudnn_benchmark", "ms_per_image",
+            "speedup_vs_default", "x_floor"]
+    table = (f"Decoder on {device.type} (median of {args.repeats} after a warm-up; floor: decoder FLOPs over the "
+             f"measured matmul rate; first row of each shape is the engine's default)\n\n" + markdown_table(rows, cols))
+    for shape, ops in profiles.items():
+        table += f"\n\nTop ops, {shape} (default setting):\n\n" + markdown_table(ops, ["op", "calls", "self_ms", "share"])
+    write_results(args.out_name, {"rows": rows, "profiles": profiles, "device": str(device),
+                                  "peaks_matmul_flops": peaks}, table)
+
+
+if __name__ == "__main__":
+    main()
