@@ -5,7 +5,7 @@ import json
 import os
 import platform
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -53,3 +53,32 @@ def write_results(name: str, payload: dict[str, Any], table: str, out_dir: Path 
     (out / f"{name}.md").write_text(table + "\n")
     print(table)
     return out / f"{name}.json"
+
+
+def profile_top_ops(fn: Callable[[], Any], device: torch.device, count: int = 12) -> list[dict[str, Any]]:
+    """The profiler's most expensive ops of one call of `fn` (after a warm-up call), by self time on
+    the device that ran them (CUDA kernels on a GPU, CPU otherwise), with their share of the total."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+
+    def run() -> None:
+        fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    run()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        run()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = prof.key_averages()
+    total = sum(getattr(e, key, 0) for e in events) or 1
+    top = sorted(events, key=lambda e: getattr(e, key, 0), reverse=True)[:count]
+    return [{"op": e.key, "calls": e.count, "self_ms": getattr(e, key, 0) / 1e3, "share": getattr(e, key, 0) / total}
+            for e in top]
+
+
+def profile_tables(profiles: dict[str, list[dict[str, Any]]], what: str) -> str:
+    """Markdown for `profile_top_ops` results, one table per profiled shape."""
+    return "".join(f"\n\nTop ops, {shape} ({what}):\n\n" + markdown_table(ops, ["op", "calls", "self_ms", "share"])
+                   for shape, ops in profiles.items())

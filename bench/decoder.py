@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from bench.common import markdown_table, parse_args, write_results
+from bench.common import markdown_table, parse_args, profile_tables, profile_top_ops, write_results
 from bench.floor import measure_peaks
 from bench.sampler import build, image_decoder_flops
 from var_engine.pipeline import PRECISIONS, Pipeline
@@ -66,26 +66,6 @@ def time_decode(pipe: Pipeline, f_hat: torch.Tensor, setting: DecoderSetting, re
     return statistics.median(times)
 
 
-def top_ops(pipe: Pipeline, f_hat: torch.Tensor, setting: DecoderSetting, count: int = 12) -> list[dict]:
-    """The profiler's most expensive ops of one decode (self time on the device that ran them)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    setting.apply(pipe)
-    cuda = pipe.device.type == "cuda"
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with torch.no_grad(), pipe.autocast(setting.precision):
-        pipe.tokenizer.fhat_to_images(f_hat)  # warm-up
-        _sync(pipe.device)
-        with profile(activities=activities) as prof:
-            pipe.tokenizer.fhat_to_images(f_hat)
-            _sync(pipe.device)
-    key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)[:count]
-    total = sum(getattr(e, key, 0) for e in prof.key_averages()) or 1
-    return [{"op": e.key, "calls": e.count, "self_ms": getattr(e, key, 0) / 1e3,
-             "share": getattr(e, key, 0) / total} for e in events]
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--models", default="default,d16")
@@ -123,7 +103,14 @@ def main(argv=None) -> None:
                     print(row, flush=True)
                 rows += group
                 if args.profile:
-                    profiles[f"{name} batch {batch}"] = top_ops(pipe, f_hat, settings_for(device, precisions)[0])
+                    default = settings_for(device, precisions)[0]
+                    default.apply(pipe)
+
+                    def decode_once() -> None:
+                        with torch.no_grad(), pipe.autocast(default.precision):
+                            pipe.tokenizer.fhat_to_images(f_hat)
+
+                    profiles[f"{name} batch {batch}"] = profile_top_ops(decode_once, device)
             settings_for(device, precisions)[0].apply(pipe)
     finally:
         torch.backends.cudnn.benchmark = benchmark_before
@@ -131,8 +118,7 @@ def main(argv=None) -> None:
             "speedup_vs_default", "x_floor"]
     table = (f"Decoder on {device.type} (median of {args.repeats} after a warm-up; floor: decoder FLOPs over the "
              f"measured matmul rate; first row of each shape is the engine's default)\n\n" + markdown_table(rows, cols))
-    for shape, ops in profiles.items():
-        table += f"\n\nTop ops, {shape} (default setting):\n\n" + markdown_table(ops, ["op", "calls", "self_ms", "share"])
+    table += profile_tables(profiles, "default setting")
     write_results(args.out_name, {"rows": rows, "profiles": profiles, "device": str(device),
                                   "peaks_matmul_flops": peaks}, table)
 

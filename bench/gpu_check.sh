@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks in one run (about 4 minutes on an H200, plus the optional parts): the CUDA tests,
 # the side by side with the official code (given a checkout in $OFFICIAL_DIR, default .official),
-# the sampler's GPU mode (runners vs the physical floor), the decoder's settings with the profiler's
+# the sampler's GPU mode (runners vs the physical floor, eager top ops), the decoder's settings with the profiler's
 # top ops; with WITH_COMPILE=1 torch.compile (VAR-d16 took over 150 s to compile on an H200), and
 # with FRONTIER_STEPS set, the supernet schedule frontier at that many steps.
 # Results (JSON + markdown + logs) go to $OUT (default bench/results/gpu); with ARCHIVE=path.tgz
@@ -38,7 +38,7 @@ else
   log "no official checkout at $OFFICIAL_DIR: side-by-side skipped"
 fi
 step 180 sampler_bf16 python -m bench.sampler --device cuda --models d16,d20,d30 --batches 1,8,64 \
-  --precision bf16 --runners eager,cuda-graphs --no-reference --repeats 3 --out-name sampler_gpu_bf16
+  --precision bf16 --runners eager,cuda-graphs --no-reference --repeats 3 --profile --out-name sampler_gpu_bf16
 step 90 sampler_fp32 python -m bench.sampler --device cuda --models d16 --batches 1,64 \
   --precision fp32 --runners eager,cuda-graphs --repeats 3 --out-name sampler_gpu_fp32
 step 120 decoder python -m bench.decoder --device cuda --models d16 --batches 1,64 --precisions bf16,fp32 \

@@ -15,7 +15,7 @@ import time
 import torch
 
 from bench.baseline import sample_cat_cache
-from bench.common import environment, markdown_table, parse_args, write_results
+from bench.common import environment, markdown_table, parse_args, profile_tables, profile_top_ops, write_results
 from bench.floor import DevicePeaks, decoder_flops, measure_peaks, transformer_floor_seconds
 from var_engine import ModelConfig, Pipeline, TokenizerConfig, TransformerConfig
 from var_engine.pipeline import PRECISIONS
@@ -108,12 +108,13 @@ def main(argv=None) -> None:
     p.add_argument("--compile-mode", default="default", help="torch.compile mode for the compile runner")
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
     p.add_argument("--no-reference", action="store_true", help="skip the cat-cache reference sampler")
+    p.add_argument("--profile", action="store_true", help="add the top ops of one call of the first runner per shape")
     p.add_argument("--out-name", default="sampler")
     args = parse_args(p, argv)
     device = torch.device(args.device)
     peaks = measure_peaks(device, torch.float32 if args.precision == "fp32" else PRECISIONS[args.precision])
     print(f"device peaks: {peaks.bandwidth / 1e9:.1f} GB/s copy, {peaks.matmul / 1e12:.2f} TFLOP/s matmul", flush=True)
-    rows = []
+    rows, profiles = [], {}
     impls = [(f"var-engine {r}", engine_impl(r, args.compile_mode)) for r in args.runners.split(",")]
     if not args.no_reference:
         impls.append(("cat-cache reference", time_reference))
@@ -150,17 +151,22 @@ def main(argv=None) -> None:
             for row in group:
                 print(row, flush=True)
             rows += group
+            if args.profile:
+                first_impl = impls[0][1]
+                profiles[f"{name} batch {batch}, {impls[0][0]}"] = profile_top_ops(
+                    lambda: first_impl(pipe, labels, 7, args.cfg, args.precision), device)
     cols = ["model", "batch", "impl", "precision", "s_per_image", "speedup_vs_reference", "x_floor", "tokens_per_s",
             "transformer_s", "decode_s", "decode_share", "floor_s_per_image", "kv_peak_bytes", "kv_vs_analytic",
             "same_tokens_as_first"]
     env = environment()
-    write_results(args.out_name, {"rows": rows, "cfg": args.cfg, "repeats": args.repeats, "device": str(device),
+    write_results(args.out_name, {"rows": rows, "profiles": profiles, "cfg": args.cfg, "repeats": args.repeats,
+                                  "device": str(device),
                                   "peaks": {"copy_bytes_per_s": peaks.bandwidth, "matmul_flops": peaks.matmul}},
                   f"Sampler on {env.get('gpu') if device.type == 'cuda' else 'CPU'} ({args.precision}, cfg {args.cfg}, "
                   f"top-k 900, top-p 0.96, median of {args.repeats} interleaved runs after a warm-up per shape). "
                   f"Floor: per scale max(weights + KV bytes / {peaks.bandwidth / 1e9:.0f} GB/s, "
                   f"FLOPs / {peaks.matmul / 1e12:.2f} TFLOP/s), measured peaks.\n\n"
-                  + markdown_table(rows, cols))
+                  + markdown_table(rows, cols) + profile_tables(profiles, "one call"))
 
 
 if __name__ == "__main__":

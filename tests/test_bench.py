@@ -27,10 +27,12 @@ def rows(path):
 def test_sampler_smoke(results):
     from bench import sampler
 
-    sampler.main(["--models", "default", "--batches", "2", "--repeats", "1"])
+    sampler.main(["--models", "default", "--batches", "2", "--repeats", "1", "--profile"])
     r = rows(results / "sampler.json")
     assert len(r) == 2 and all(x["same_tokens_as_first"] for x in r) and all(x["kv_vs_analytic"] == 1 for x in r)
     assert all(x["x_floor"] > 1 for x in r)  # nothing beats the physical floor
+    ops = json.loads((results / "sampler.json").read_text())["profiles"]["default batch 2, var-engine eager"]
+    assert any("addmm" in op["op"] or "linear" in op["op"] for op in ops) and 0 < sum(op["share"] for op in ops) <= 1
 
 
 def test_decoder_smoke(results):
