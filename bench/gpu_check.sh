@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks in one run (about 4 minutes on an H200, plus the optional parts): the CUDA tests,
 # the side by side with the official code (given a checkout in $OFFICIAL_DIR, default .official),
-# the sampler's GPU mode (runners vs the physical floor, eager top ops), the decoder's settings with the profiler's
-# top ops; with WITH_COMPILE=1 torch.compile (VAR-d16 took over 150 s to compile on an H200), and
-# with FRONTIER_STEPS set, the supernet schedule frontier at that many steps.
+# the sampler's GPU mode (runners vs the physical floor, eager top ops), the decoder's settings with
+# the profiler's top ops; with WITH_COMPILE=1 torch.compile (VAR-d16 took over 150 s to compile on an
+# H200), and with FRONTIER_STEPS set, the supernet schedule frontier at that many steps.
 # Results (JSON + markdown + logs) go to $OUT (default bench/results/gpu); with ARCHIVE=path.tgz
 # they are also packed into one archive after every step, so a run cut short keeps what finished.
 #
