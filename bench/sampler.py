@@ -46,14 +46,14 @@ def _sync(pipe: Pipeline) -> None:
         torch.cuda.synchronize(pipe.device)
 
 
-def engine_impl(runner: str, compile_mode: str = "default"):
+def engine_impl(runner: str, compile_mode: str = "default", compile_granularity: str = "auto"):
     """A timing function for var-engine with one runner (its graphs/caches persist across calls)."""
     made: dict[int, object] = {}
 
     def run(pipe: Pipeline, labels: torch.Tensor, seed: int, cfg: float, precision: str):
         if id(pipe) not in made:
             made.clear()
-            made[id(pipe)] = pipe.with_runner(runner, compile_mode).runner
+            made[id(pipe)] = pipe.with_runner(runner, compile_mode, compile_granularity).runner
         pipe.runner = made[id(pipe)]
         out = pipe.generate(labels, seed=seed, cfg=cfg, top_k=900, top_p=0.96, precision=precision)
         s = out.stats
@@ -106,6 +106,8 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--runners", default="eager", help=f"var-engine runners to time, from {','.join(RUNNERS)}")
     p.add_argument("--compile-mode", default="default", help="torch.compile mode for the compile runner")
+    p.add_argument("--compile-granularity", default="auto",
+                   help="block, step or auto (see CompiledRunner); a comma list times the compile runner once for each")
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
     p.add_argument("--no-reference", action="store_true", help="skip the cat-cache reference sampler")
     p.add_argument("--profile", action="store_true", help="add the top ops of one call of the first runner per shape")
@@ -115,7 +117,12 @@ def main(argv=None) -> None:
     peaks = measure_peaks(device, torch.float32 if args.precision == "fp32" else PRECISIONS[args.precision])
     print(f"device peaks: {peaks.bandwidth / 1e9:.1f} GB/s copy, {peaks.matmul / 1e12:.2f} TFLOP/s matmul", flush=True)
     rows, profiles = [], {}
-    impls = [(f"var-engine {r}", engine_impl(r, args.compile_mode)) for r in args.runners.split(",")]
+    granularities = args.compile_granularity.split(",")
+    impls = []
+    for r in args.runners.split(","):
+        for g in granularities if r == "compile" else ["auto"]:
+            label = f"var-engine {r}" + (f" ({g})" if r == "compile" and len(granularities) > 1 else "")
+            impls.append((label, engine_impl(r, args.compile_mode, g)))
     if not args.no_reference:
         impls.append(("cat-cache reference", time_reference))
     for name in args.models.split(","):
@@ -127,8 +134,13 @@ def main(argv=None) -> None:
             analytic = batch * pipe.kv_bytes_per_image(cfg=args.cfg)
             floor = floor_seconds(pipe, batch, peaks, args.cfg, args.precision, decode_flops)
             runs: dict[str, list] = {impl: [] for impl, _ in impls}
-            for _, fn in impls:  # warm-up: page faults, allocator, compile / graph capture for this shape
+            first_call = {}
+            for impl, fn in impls:  # warm-up: page faults, allocator, compile / graph capture for this shape
+                _sync(pipe)
+                t0 = time.perf_counter()
                 fn(pipe, labels, 0, args.cfg, args.precision)
+                _sync(pipe)
+                first_call[impl] = time.perf_counter() - t0
             for _ in range(args.repeats):  # interleaved, so drifts of a shared machine hit all alike
                 for impl, fn in impls:
                     runs[impl].append(fn(pipe, labels, 7, args.cfg, args.precision))
@@ -140,7 +152,7 @@ def main(argv=None) -> None:
                 total = tr + de
                 group.append({"model": name, "batch": batch, "impl": impl, "precision": args.precision,
                               "s_per_image": total / batch, "tokens_per_s": batch * L / tr, "transformer_s": tr,
-                              "decode_s": de, "decode_share": de / total, **floor,
+                              "decode_s": de, "decode_share": de / total, "first_call_s": first_call[impl], **floor,
                               "x_floor": total / batch / floor["floor_s_per_image"],
                               "kv_peak_bytes": runs[impl][0][3], "kv_analytic_bytes": analytic,
                               "kv_vs_analytic": runs[impl][0][3] / analytic,
@@ -156,8 +168,8 @@ def main(argv=None) -> None:
                 profiles[f"{name} batch {batch}, {impls[0][0]}"] = profile_top_ops(
                     lambda: first_impl(pipe, labels, 7, args.cfg, args.precision), device)
     cols = ["model", "batch", "impl", "precision", "s_per_image", "speedup_vs_reference", "x_floor", "tokens_per_s",
-            "transformer_s", "decode_s", "decode_share", "floor_s_per_image", "kv_peak_bytes", "kv_vs_analytic",
-            "same_tokens_as_first"]
+            "transformer_s", "decode_s", "decode_share", "first_call_s", "floor_s_per_image", "kv_peak_bytes",
+            "kv_vs_analytic", "same_tokens_as_first"]
     env = environment()
     write_results(args.out_name, {"rows": rows, "profiles": profiles, "cfg": args.cfg, "repeats": args.repeats,
                                   "device": str(device),

@@ -29,10 +29,12 @@ def _runs(pipe):
     yield dict(labels=labels, seed=5, cfg=0.0)
 
 
-def test_compiled_runner_captures_whole_steps_and_matches_eager(tiny_pipeline):
+@pytest.mark.parametrize("granularity", ["block", "step"])
+def test_compiled_runner_captures_whole_graphs_and_matches_eager(tiny_pipeline, granularity):
     pipe = tiny_pipeline
     eager = [pipe.generate(**kw) for kw in _runs(pipe)]
-    pipe.runner = CompiledRunner(backend="eager", fullgraph=True)  # any graph break would raise
+    # fullgraph: any graph break would raise
+    pipe.runner = CompiledRunner(backend="eager", fullgraph=True, granularity=granularity)
     try:
         for _ in range(2):  # the second pass reuses the static caches and compiled graphs
             for ref, kw in zip(eager, _runs(pipe)):
@@ -43,6 +45,37 @@ def test_compiled_runner_captures_whole_steps_and_matches_eager(tiny_pipeline):
         assert pipe.runner.failed is None
     finally:
         pipe.runner = EagerRunner()
+
+
+def test_block_granularity_compiles_one_graph_per_scale_for_every_layer(tiny_pipeline):
+    from torch._dynamo.utils import counters
+
+    pipe = tiny_pipeline
+    torch._dynamo.reset()
+    counters.clear()
+    pipe.runner = CompiledRunner(backend="eager", fullgraph=True, granularity="block")
+    try:
+        pipe.generate([0, 1], seed=1)
+        graphs_full = counters["stats"]["unique_graphs"]
+        assert graphs_full == len(pipe.config.patch_nums)
+        # a subnet reuses them; only the full-depth scales add one graph each, for the skipped layers'
+        # shorter buffers (a buffer's shape is part of a graph), never one per layer
+        pipe.generate([0, 1], seed=1, depth=2, switch_scale=2)
+        assert counters["stats"]["unique_graphs"] == graphs_full + 2
+    finally:
+        pipe.runner = EagerRunner()
+        torch._dynamo.reset()
+
+
+def test_compiled_runner_granularity_choice():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert CompiledRunner().granularity_for(cpu, depth=16) == "block"
+    assert CompiledRunner().granularity_for(cpu, depth=8) == "step"  # small: fusing across blocks pays
+    assert CompiledRunner("reduce-overhead").granularity_for(cuda, depth=30) == "step"
+    assert CompiledRunner("default").granularity_for(cuda, depth=30) == "block"
+    assert CompiledRunner("reduce-overhead", granularity="block").granularity_for(cuda, depth=30) == "block"
+    with pytest.raises(ValueError, match="granularity"):
+        CompiledRunner(granularity="layer")
 
 
 def test_compiled_runner_falls_back_to_eager_with_a_warning(tiny_pipeline):

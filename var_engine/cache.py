@@ -76,7 +76,14 @@ class KVCache:
         """Store k, v (rows, H, l, D) at token offset `start`; return views of tokens [0, start + l)."""
         if layer in self.released:
             raise RuntimeError(f"layer {layer}: its cache was released")
-        kb, vb = self.k[layer], self.v[layer]
+        try:
+            return self.write_buffers(self.k[layer], self.v[layer], start, k, v)
+        except RuntimeError as e:
+            raise RuntimeError(f"layer {layer}: {e}") from None
+
+    def write_buffers(self, kb: torch.Tensor | None, vb: torch.Tensor | None, start: int, k: torch.Tensor,
+                      v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`write` into one layer's buffers `kb`, `vb` (the part that does not depend on the layer's index)."""
         end = start + k.shape[2]
         rows = self.rows
         if kb is None or end > kb.shape[2]:
@@ -86,10 +93,16 @@ class KVCache:
                 transient = 2 * k_all.numel() * k_all.element_size()
                 self.peak_bytes = max(self.peak_bytes, self.nbytes() + transient)
                 return k_all, v_all
-            raise RuntimeError(f"layer {layer}: writing tokens [{start}, {end}) beyond its capacity {cap}")
+            raise RuntimeError(f"writing tokens [{start}, {end}) beyond a layer's capacity {cap}")
         kb[:rows, :, start:end] = k
         vb[:rows, :, start:end] = v
         return kb[:rows, :, :end], vb[:rows, :, :end]
+
+    def layer(self, layer: int) -> "LayerCache":
+        """One layer's view of this cache (see LayerCache)."""
+        if layer in self.released:
+            raise RuntimeError(f"layer {layer}: its cache was released")
+        return LayerCache(self, self.k[layer], self.v[layer])
 
     def reindex(self, idx_B: torch.Tensor) -> None:
         """Gather samples by `idx_B` (any length <= allocated batch, repeats allowed), both CFG halves.
@@ -116,6 +129,18 @@ class KVCache:
 
     def _track_peak(self) -> None:
         self.peak_bytes = max(self.peak_bytes, self.nbytes())
+
+
+class LayerCache:
+    """One layer's buffers of a KVCache behind the cache's `write` interface; the layer argument of
+    `write` is ignored. Compiled code that receives it sees the buffers as inputs and never the
+    layer's index, so one compiled graph serves every layer of the same shape."""
+
+    def __init__(self, cache: KVCache, kb: torch.Tensor | None, vb: torch.Tensor | None):
+        self.cache, self.kb, self.vb = cache, kb, vb
+
+    def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cache.write_buffers(self.kb, self.vb, start, k, v)
 
 
 def analytic_kv_bytes(*, batch: int, embed_dim: int, capacities: Sequence[int], cfg_factor: int = 2,

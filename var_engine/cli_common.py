@@ -10,7 +10,7 @@ from .config import OFFICIAL_PATCH_NUMS_256
 from .errors import VarEngineError
 from .linear import LINEAR_BACKENDS
 from .pipeline import PRECISIONS
-from .sampling.runners import COMPILE_MODES, RUNNERS
+from .sampling.runners import COMPILE_MODES, GRANULARITIES, RUNNERS
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {}
 
@@ -48,6 +48,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="how scale steps execute: eager (reference), torch.compile, or CUDA graphs (GPU)")
     p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
                    help="torch.compile mode for --runner compile")
+    p.add_argument("--compile-granularity", default="auto", choices=GRANULARITIES,
+                   help="what --runner compile compiles: one block shared by all layers (fast to compile), "
+                        "a whole scale step, or auto (step for models of up to 8 blocks and for the CUDA-graph "
+                        "modes on a GPU, else block)")
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                    help="autocast precision (fp32 is the reference; bf16/fp16 for GPUs)")
 
@@ -65,7 +69,7 @@ def load_pipeline(args: argparse.Namespace):
     else:
         pipe = Pipeline.from_pretrained(args.checkpoint, device=args.device, attention=args.attention)
     pipe.autocast(args.precision)  # checks the precision fits the device before any work
-    return pipe.with_linear(args.linear).with_runner(args.runner, args.compile_mode)
+    return pipe.with_linear(args.linear).with_runner(args.runner, args.compile_mode, args.compile_granularity)
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:

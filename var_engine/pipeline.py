@@ -129,13 +129,15 @@ class Pipeline:
             raise ConfigError(str(e)) from e
         return self
 
-    def with_runner(self, name: str = "eager", compile_mode: str = "default") -> "Pipeline":
+    def with_runner(self, name: str = "eager", compile_mode: str = "default",
+                    compile_granularity: str = "auto") -> "Pipeline":
         """How scale steps execute: 'eager' (reference), 'compile' (torch.compile with `compile_mode`:
-        'default', 'reduce-overhead', 'max-autotune'), 'cuda-graphs' (captured once per scale, CUDA only)."""
+        'default', 'reduce-overhead', 'max-autotune'; `compile_granularity` 'block', 'step' or 'auto', see
+        CompiledRunner), 'cuda-graphs' (captured once per scale, CUDA only)."""
         if name == "cuda-graphs" and self.device.type != "cuda":
             raise ConfigError("the cuda-graphs runner needs the model on a CUDA device (--device cuda, or Pipeline.to('cuda'))")
         try:
-            self.runner = make_runner(name, compile_mode)
+            self.runner = make_runner(name, compile_mode, compile_granularity)
         except (ValueError, RuntimeError) as e:
             raise ConfigError(str(e)) from e
         return self

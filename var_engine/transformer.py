@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,9 @@ from .attention import AttentionFn, resolve_backend
 from .cache import KVCache
 from .config import TransformerConfig
 from .linear import Linear, set_linear_backend
+
+# (block, x, ada, attend, cache, layer, start) -> x: how `VARTransformer.step` runs one block
+BlockRunner = Callable[["AdaLNSelfAttn", torch.Tensor, torch.Tensor, AttentionFn, KVCache, int, int], torch.Tensor]
 
 
 class FFN(nn.Module):
@@ -237,15 +240,19 @@ class VARTransformer(nn.Module):
         return self.logits(x, cond)
 
     def step(self, x_BlC: torch.Tensor, scale_index: int, cond: Conditioning, cache: KVCache,
-             layers: Sequence[int] | None = None) -> torch.Tensor:
+             layers: Sequence[int] | None = None, run_block: BlockRunner | None = None) -> torch.Tensor:
         """One scale with the KV cache: tokens of `scale_index` -> logits (B, l, V).
 
         layers: blocks to run (ascending); None runs all. Skipped blocks leave x unchanged.
+        run_block: how one block runs (a compiled runner passes its own); None calls the block.
         """
         start = self.cfg.scale_ranges()[scale_index][0]
         x = x_BlC
         for i in (range(len(self.blocks)) if layers is None else layers):
-            x = self.blocks[i](x, cond.block_ada[i], self.attend, None, cache, i, start)
+            if run_block is None:
+                x = self.blocks[i](x, cond.block_ada[i], self.attend, None, cache, i, start)
+            else:
+                x = run_block(self.blocks[i], x, cond.block_ada[i], self.attend, cache, i, start)
         return self.logits(x, cond)
 
     # ----- initialisation for training from scratch -----

@@ -12,11 +12,13 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..cache import KVCache
+from ..cache import KVCache, LayerCache
 from ..transformer import Conditioning, VARTransformer
 
 RUNNERS = ("eager", "compile", "cuda-graphs")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+GRANULARITIES = ("auto", "block", "step")
+STEP_COMPILE_MAX_DEPTH = 8  # deeper models compile per block under 'auto' (see CompiledRunner)
 
 
 @dataclass(frozen=True)
@@ -79,44 +81,76 @@ def _mark_static(cache: KVCache) -> None:
             torch._dynamo.mark_static_address(buf)
 
 
+def _block(block, x: torch.Tensor, ada: torch.Tensor, attend, layer_cache: LayerCache, start: int) -> torch.Tensor:
+    return block(x, ada, attend, None, layer_cache, 0, start)
+
+
 class CompiledRunner(EagerRunner):
-    """torch.compile of the per-scale step (static shapes, one graph per scale and layer set).
+    """torch.compile of the per-scale work (static shapes).
 
     mode: torch.compile mode ('default', 'reduce-overhead' for CUDA graphs, 'max-autotune').
+    granularity: 'block' compiles one transformer block: each layer gets the same graph with its own
+    weights and cache buffers as inputs, so a scale costs one compilation whatever the depth or
+    depth plan; 'step' compiles a whole scale step, one graph per scale and layer set, which fuses
+    across blocks but compiles for as long as the model is deep. Measured on CPU: VAR-d16 compiles
+    in 76 s per block vs about 9 minutes per step, both ~8% faster than eager; the 8-block default
+    model in 47 s vs 101 s, 1.08x vs 1.31x eager at batch 1. 'auto': 'step' for models of at most
+    STEP_COMPILE_MAX_DEPTH blocks and for the CUDA-graph modes on a GPU (their graphs then cover
+    the whole step), 'block' otherwise.
     If compiling fails (no compiler, unsupported platform), warns once and runs eagerly.
     """
 
     name = "compile"
 
-    def __init__(self, mode: str = "default", backend: str | Callable = "inductor", fullgraph: bool = True):
-        self.mode, self.backend, self.fullgraph = mode, backend, fullgraph
+    def __init__(self, mode: str = "default", backend: str | Callable = "inductor", fullgraph: bool = True,
+                 granularity: str = "auto"):
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"unknown granularity {granularity!r}; choose from {', '.join(GRANULARITIES)}")
+        self.mode, self.backend, self.fullgraph, self.granularity = mode, backend, fullgraph, granularity
         self.static = _StaticCaches()
         self.failed: str | None = None
-        self._compiled: Callable | None = None
+        self._compiled: dict[str, Callable] = {}
+
+    def _graphs_mode(self, device: torch.device) -> bool:
+        return self.mode in ("reduce-overhead", "max-autotune") and device.type == "cuda"
 
     def new_cache(self, spec: CacheSpec) -> KVCache:
-        graphs = self.mode in ("reduce-overhead", "max-autotune") and spec.device.type == "cuda"
-        return self.static.get(spec, _mark_static if graphs else None)
+        return self.static.get(spec, _mark_static if self._graphs_mode(spec.device) else None)
 
-    def _compile(self) -> Callable:
-        if self._compiled is None:
+    def granularity_for(self, device: torch.device, depth: int) -> str:
+        if self.granularity != "auto":
+            return self.granularity
+        return "step" if self._graphs_mode(device) or depth <= STEP_COMPILE_MAX_DEPTH else "block"
+
+    def _compile(self, what: str) -> Callable:
+        if what not in self._compiled:
             import torch._dynamo
 
-            # one specialisation per (scale, layer set, batch): allow far more than the default 8
+            # one specialisation per scale and batch (and layer set for whole steps): allow far more than 8
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
             torch._dynamo.config.accumulated_recompile_limit = max(
                 torch._dynamo.config.accumulated_recompile_limit, 4096)
             options: dict[str, Any] = {"fullgraph": self.fullgraph, "dynamic": False, "backend": self.backend}
             if self.backend == "inductor":
                 options["mode"] = self.mode
-            self._compiled = torch.compile(_step, **options)
-        return self._compiled
+            self._compiled[what] = torch.compile(_block if what == "block" else _step, **options)
+        return self._compiled[what]
+
+    def _run_compiled(self, transformer, x, scale_index, cond, cache, layers) -> torch.Tensor:
+        if self.granularity_for(x.device, len(transformer.blocks)) == "step":
+            return self._compile("step")(transformer, x, scale_index, cond, cache, layers)
+        block_fn = self._compile("block")
+
+        def run_block(block, x, ada, attend, cache, layer, start):
+            return block_fn(block, x, ada, attend, cache.layer(layer), start)
+
+        return transformer.step(x, scale_index, cond, cache, layers, run_block=run_block)
 
     def step(self, transformer, x, scale_index, cond, cache, layers):
+        layers = None if layers is None else tuple(layers)
         if self.failed is None:
             try:
-                return self._compile()(transformer, x, scale_index, cond, cache,
-                                       None if layers is None else tuple(layers))
+                return self._run_compiled(transformer, x, scale_index, cond, cache, layers)
             except torch.OutOfMemoryError:
                 raise
             except Exception as e:  # compile errors surface at the first call of each graph
@@ -207,14 +241,14 @@ class CUDAGraphRunner(EagerRunner):
         return _Graph(static_x, logits, graph)
 
 
-def make_runner(name: str = "eager", compile_mode: str = "default") -> EagerRunner:
-    """'eager' (reference), 'compile' (torch.compile, `compile_mode`), 'cuda-graphs' (CUDA only)."""
+def make_runner(name: str = "eager", compile_mode: str = "default", compile_granularity: str = "auto") -> EagerRunner:
+    """'eager' (reference), 'compile' (torch.compile, `compile_mode`, `compile_granularity`), 'cuda-graphs' (CUDA only)."""
     if name == "eager":
         return EagerRunner()
     if name == "compile":
         if compile_mode not in COMPILE_MODES:
             raise ValueError(f"unknown compile mode {compile_mode!r}; choose from {', '.join(COMPILE_MODES)}")
-        return CompiledRunner(mode=compile_mode)
+        return CompiledRunner(mode=compile_mode, granularity=compile_granularity)
     if name == "cuda-graphs":
         return CUDAGraphRunner()
     raise ValueError(f"unknown runner {name!r}; choose from {', '.join(RUNNERS)}")
