@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The GPU checks in one run (about 4 minutes on an H200, plus the optional parts): the CUDA tests,
+# The GPU checks in one run (about 5 minutes on an H200, plus the optional parts): the CUDA tests,
 # the side by side with the official code (given a checkout in $OFFICIAL_DIR, default .official),
 # the sampler's GPU mode (runners vs the physical floor, eager top ops), the decoder's settings with
-# the profiler's top ops; with WITH_COMPILE=1 torch.compile (VAR-d16 took over 150 s to compile on an
-# H200), and with FRONTIER_STEPS set, the supernet schedule frontier at that many steps.
+# the profiler's top ops, torch.compile per block; with WITH_COMPILE=1 also whole steps under
+# 'reduce-overhead' (VAR-d16 took over 150 s to compile that way on an H200), and with FRONTIER_STEPS
+# set, the supernet schedule frontier at that many steps.
 # Results (JSON + markdown + logs) go to $OUT (default bench/results/gpu); with ARCHIVE=path.tgz
 # they are also packed into one archive after every step, so a run cut short keeps what finished.
 #
@@ -43,9 +44,13 @@ step 90 sampler_fp32 python -m bench.sampler --device cuda --models d16 --batche
   --precision fp32 --runners eager,cuda-graphs --repeats 3 --out-name sampler_gpu_fp32
 step 120 decoder python -m bench.decoder --device cuda --models d16 --batches 1,64 --precisions bf16,fp32 \
   --repeats 3 --profile --out-name decoder_gpu
+step 180 sampler_compile python -m bench.sampler --device cuda --models d16 --batches 1,64 --precision bf16 \
+  --runners eager,cuda-graphs,compile --compile-granularity block --no-reference --repeats 3 \
+  --out-name sampler_gpu_compile_block
 if [ -n "${WITH_COMPILE:-}" ]; then
-  step 600 sampler_compile python -m bench.sampler --device cuda --models d16 --batches 1 --precision bf16 \
-    --runners eager,compile --compile-mode reduce-overhead --no-reference --repeats 3 --out-name sampler_gpu_compile
+  step 600 sampler_compile_graphs python -m bench.sampler --device cuda --models d16 --batches 1 --precision bf16 \
+    --runners eager,compile --compile-mode reduce-overhead --compile-granularity step --no-reference --repeats 3 \
+    --out-name sampler_gpu_compile_graphs
 fi
 if [ -n "${FRONTIER_STEPS:-}" ]; then
   step "${FRONTIER_SECONDS:-1800}" frontier python -m bench.supernet_frontier --device cuda --steps "$FRONTIER_STEPS" \
