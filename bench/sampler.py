@@ -9,7 +9,9 @@ GPU:  python -m bench.sampler --device cuda --models d16,d20,d30 --batches 1,8,6
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import tempfile
 import time
 
 import torch
@@ -113,6 +115,9 @@ def main(argv=None) -> None:
     p.add_argument("--profile", action="store_true", help="add the top ops of one call of the first runner per shape")
     p.add_argument("--out-name", default="sampler")
     args = parse_args(p, argv)
+    if "compile" in args.runners.split(",") and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        # first_call_s then counts a cold compilation, not kernels cached on disk by an earlier run
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-inductor-")
     device = torch.device(args.device)
     peaks = measure_peaks(device, torch.float32 if args.precision == "fp32" else PRECISIONS[args.precision])
     print(f"device peaks: {peaks.bandwidth / 1e9:.1f} GB/s copy, {peaks.matmul / 1e12:.2f} TFLOP/s matmul", flush=True)

@@ -92,9 +92,10 @@ class CompiledRunner(EagerRunner):
     granularity: 'block' compiles one transformer block: each layer gets the same graph with its own
     weights and cache buffers as inputs, so a scale costs one compilation whatever the depth or
     depth plan; 'step' compiles a whole scale step, one graph per scale and layer set, which fuses
-    across blocks but compiles for as long as the model is deep. Measured on CPU: VAR-d16 compiles
-    in 76 s per block vs about 9 minutes per step, both ~8% faster than eager; the 8-block default
-    model in 47 s vs 101 s, 1.08x vs 1.31x eager at batch 1. 'auto': 'step' for models of at most
+    across blocks but compiles for as long as the model is deep. Measured on one CPU thread, cold
+    caches, batch 1: VAR-d16's first call takes 90 s per block vs 243 s per step (eager: 16 s), then
+    runs 1.00x vs 1.07x eager; the 8-block default model 55 s vs 113 s, 1.05x vs 1.16x eager.
+    'auto': 'step' for models of at most
     STEP_COMPILE_MAX_DEPTH blocks and for the CUDA-graph modes on a GPU (their graphs then cover
     the whole step), 'block' otherwise.
     If compiling fails (no compiler, unsupported platform), warns once and runs eagerly.
