@@ -94,7 +94,7 @@ class CompiledRunner(EagerRunner):
     depth plan; 'step' compiles a whole scale step, one graph per scale and layer set, which fuses
     across blocks but compiles for as long as the model is deep. Measured on one CPU thread, cold
     caches, batch 1: VAR-d16's first call takes 90 s per block vs 243 s per step (eager: 16 s), then
-    runs 1.00x vs 1.07x eager; the 8-block default model 55 s vs 113 s, 1.05x vs 1.16x eager.
+    runs 1.00x vs 1.05x eager end to end; the 8-block default model 55 s vs 113 s, 1.05x vs 1.16x.
     'auto': 'step' for models of at most
     STEP_COMPILE_MAX_DEPTH blocks and for the CUDA-graph modes on a GPU (their graphs then cover
     the whole step), 'block' otherwise.
