@@ -55,6 +55,12 @@ def write_results(name: str, payload: dict[str, Any], table: str, out_dir: Path 
     return out / f"{name}.json"
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing to wait for on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def profile_top_ops(fn: Callable[[], Any], device: torch.device, count: int = 12) -> list[dict[str, Any]]:
     """The profiler's most expensive ops of one call of `fn` (after a warm-up call), by self time on
     the device that ran them (CUDA kernels on a GPU, CPU otherwise), with their share of the total."""
@@ -64,8 +70,7 @@ def profile_top_ops(fn: Callable[[], Any], device: torch.device, count: int = 12
 
     def run() -> None:
         fn()
-        if cuda:
-            torch.cuda.synchronize(device)
+        sync(device)
 
     run()
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from bench.common import markdown_table, parse_args, profile_tables, profile_top_ops, write_results
+from bench.common import markdown_table, parse_args, profile_tables, profile_top_ops, sync, write_results
 from bench.floor import measure_peaks
 from bench.sampler import build, image_decoder_flops
 from var_engine.pipeline import PRECISIONS, Pipeline
@@ -46,21 +46,16 @@ def settings_for(device: torch.device, precisions: list[str]) -> list[DecoderSet
                                          s.cudnn_benchmark))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_decode(pipe: Pipeline, f_hat: torch.Tensor, setting: DecoderSetting, repeats: int) -> float:
     """Median seconds of one decode of f_hat under `setting`, after a warm-up (autotuning happens there)."""
     setting.apply(pipe)
     times = []
     with torch.no_grad(), pipe.autocast(setting.precision):
         for i in range(repeats + 1):
-            _sync(pipe.device)
+            sync(pipe.device)
             t0 = time.perf_counter()
             pipe.tokenizer.fhat_to_images(f_hat)
-            _sync(pipe.device)
+            sync(pipe.device)
             if i:
                 times.append(time.perf_counter() - t0)
     return statistics.median(times)

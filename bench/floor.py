@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.common import sync
+
 from var_engine.config import TransformerConfig
 
 
@@ -22,19 +24,14 @@ class DevicePeaks:
     matmul: float  # FLOP/s of a large square matmul in the compute dtype
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _best_seconds(fn, device: torch.device, repeats: int = 5) -> float:
     fn()
-    _sync(device)
+    sync(device)
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         best = min(best, time.perf_counter() - t)
     return best
 

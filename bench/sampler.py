@@ -17,7 +17,8 @@ import time
 import torch
 
 from bench.baseline import sample_cat_cache
-from bench.common import environment, markdown_table, parse_args, profile_tables, profile_top_ops, write_results
+from bench.common import (environment, markdown_table, parse_args, profile_tables, profile_top_ops, sync,
+                          write_results)
 from bench.floor import DevicePeaks, decoder_flops, measure_peaks, transformer_floor_seconds
 from var_engine import ModelConfig, Pipeline, TokenizerConfig, TransformerConfig
 from var_engine.pipeline import PRECISIONS
@@ -44,8 +45,7 @@ def build(name: str, device: torch.device | str = "cpu") -> Pipeline:
 
 
 def _sync(pipe: Pipeline) -> None:
-    if pipe.device.type == "cuda":
-        torch.cuda.synchronize(pipe.device)
+    sync(pipe.device)
 
 
 def engine_impl(runner: str, compile_mode: str = "default", compile_granularity: str = "auto"):
