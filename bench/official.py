@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import markdown_table, parse_args, write_results
+from bench.common import markdown_table, parse_args, sync, write_results
 from bench.sampler import build
 from var_engine.pipeline import PRECISIONS
 from var_engine.sampling import RUNNERS
@@ -93,7 +93,6 @@ def main(argv=None) -> None:
     var.to(device)
     var.rng = torch.Generator(device)  # the official model seeds its own generator per call
     meter = OfficialKVMeter(var)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     pipe.generate([0], seed=0, cfg=args.cfg, precision=args.precision)  # warm-up (and capture/compile)
     with torch.no_grad(), pipe.autocast(args.precision):
         var.autoregressive_infer_cfg(1, torch.zeros(1, dtype=torch.long, device=device), g_seed=0, cfg=args.cfg)
@@ -104,17 +103,17 @@ def main(argv=None) -> None:
         if args.runner != "eager":  # capture / compile for this batch size outside the timing
             pipe.generate(labels, seed=0, cfg=args.cfg, precision=args.precision)
         for r in range(args.repeats):
-            sync()
+            sync(device)
             t0 = time.perf_counter()
             out = pipe.generate(labels, seed=100 + r, cfg=args.cfg, top_k=900, top_p=0.96, precision=args.precision)
-            sync()
+            sync(device)
             ours.append(time.perf_counter() - t0)
             kv_ours = out.stats.kv_bytes
             meter.reset()
             t0 = time.perf_counter()
             with torch.no_grad(), pipe.autocast(args.precision):
                 images = var.autoregressive_infer_cfg(batch, labels, g_seed=100 + r, cfg=args.cfg, top_k=900, top_p=0.96)
-            sync()
+            sync(device)
             theirs.append(time.perf_counter() - t0)
             kv_theirs = meter.peak
             diff = (images.float() - out.images).abs().max().item()
