@@ -19,12 +19,13 @@ from var_engine.train_tokenizer import evaluate_tokenizer
 from var_engine.train_transformer import evaluate_tokens
 
 
-def generate_set(pipe: Pipeline, per_class: int, cfg: float, seed: int, plan=None, batch: int = 200):
+def generate_set(pipe: Pipeline, per_class: int, cfg: float, seed: int, plan=None, batch: int = 200,
+                 draw: str = "release"):
     """per_class images of every class; image i of class c has a fixed seed stream per batch."""
     labels = torch.arange(pipe.config.num_classes).repeat_interleave(per_class)
     images = []
     for i in range(0, len(labels), batch):
-        out = pipe.generate(labels[i:i + batch], seed=seed + i, cfg=cfg, layer_plan=plan)
+        out = pipe.generate(labels[i:i + batch], seed=seed + i, cfg=cfg, layer_plan=plan, draw=draw)
         images.append(out.images.cpu())
     return torch.cat(images), labels
 

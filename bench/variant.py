@@ -27,20 +27,21 @@ def depths_for(D: int) -> list[int]:
     return sorted({D, max(1, D // 2), max(1, D // 4), 2}, reverse=True)
 
 
-def _once(pipe, labels, plan, seed: int) -> tuple[float, float, int]:
+def _once(pipe, labels, plan, seed: int, draw: str = "release") -> tuple[float, float, int]:
     t0 = time.perf_counter()
-    out = pipe.generate(labels, seed=seed, cfg=1.5, layer_plan=plan)
+    out = pipe.generate(labels, seed=seed, cfg=1.5, layer_plan=plan, draw=draw)
     return time.perf_counter() - t0, out.stats.transformer_seconds, out.stats.kv_bytes
 
 
-def timed_against_full(pipe, labels, plan, repeats: int) -> tuple[tuple[float, float, int], float]:
+def timed_against_full(pipe, labels, plan, repeats: int,
+                       draw: str = "release") -> tuple[tuple[float, float, int], float]:
     """Median (seconds, transformer seconds, KV bytes) of `plan`, and its speed-up over the full network
     from runs interleaved with the full network's (drifts of a shared machine hit both alike)."""
-    _once(pipe, labels, plan, 0)  # warm-up (and compilation for the compile runner)
+    _once(pipe, labels, plan, 0, draw)  # warm-up (and compilation for the compile runner)
     runs, full = [], []
     for r in range(repeats):
-        full.append(_once(pipe, labels, None, r)[0])
-        runs.append(_once(pipe, labels, plan, r))
+        full.append(_once(pipe, labels, None, r, draw)[0])
+        runs.append(_once(pipe, labels, plan, r, draw))
     median = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs), runs[0][2])
     return median, statistics.median(full) / median[0]
 
@@ -56,6 +57,7 @@ def main(argv=None) -> None:
     p.add_argument("--runner", default="eager", choices=RUNNERS,
                    help="how scale steps execute (the same for the full network and the subnets)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--draw", default="release", choices=("release", "fast"), help="token draw method")
     p.add_argument("--out-name", default="variant")
     args = parse_args(p, argv)
     rows = []
@@ -74,14 +76,14 @@ def main(argv=None) -> None:
         for depth in depths_for(D):
             for switch in (switches if depth < D else [K]):
                 plan = None if depth == D else DepthPlan(D, depth, switch, pipe.config.patch_nums)
-                (total, transformer, measured), speedup = timed_against_full(pipe, labels, plan, args.repeats)
+                (total, transformer, measured), speedup = timed_against_full(pipe, labels, plan, args.repeats, args.draw)
                 analytic = batch * pipe.kv_bytes_per_image(1.5, plan)
-                row = {"model": name, "runner": args.runner, "depth": depth, "switch_scale": switch, "batch": batch,
+                row = {"model": name, "runner": args.runner, "draw": args.draw, "depth": depth, "switch_scale": switch, "batch": batch,
                        "kv_bytes_per_image": analytic // batch, "kv_measured_vs_analytic": measured / analytic,
                        "kv_saving_vs_full": 1 - analytic / (batch * full_kv), "s_per_image": total / batch,
                        "transformer_s_per_image": transformer / batch, "speedup_vs_full": speedup}
                 if quality:
-                    images, ys = generate_set(pipe, args.per_class, 1.5, 1000, plan)
+                    images, ys = generate_set(pipe, args.per_class, 1.5, 1000, plan, draw=args.draw)
                     row["accuracy"] = accuracy(pipe.components["evaluator"], images, ys)
                     row["fid_evaluator"] = frechet_distance(feats, batches(held01), batches(images))
                 rows.append(row)
@@ -99,10 +101,11 @@ def main(argv=None) -> None:
                       for s in switches}
             line_chart(results_dir() / f"{args.out_name}_{name}_fid.png", f"{name}: FID-style distance (evaluator features)",
                        "subnet depth", "FID-style", series)
-    cols = ["model", "runner", "depth", "switch_scale", "batch", "kv_bytes_per_image", "kv_saving_vs_full",
+    cols = ["model", "runner", "draw", "depth", "switch_scale", "batch", "kv_bytes_per_image", "kv_saving_vs_full",
             "kv_measured_vs_analytic", "s_per_image", "transformer_s_per_image", "speedup_vs_full", "accuracy",
             "fid_evaluator"]
-    write_results(args.out_name, {"rows": rows, "per_class": args.per_class, "repeats": args.repeats},
+    write_results(args.out_name, {"rows": rows, "per_class": args.per_class, "repeats": args.repeats,
+                                  "batch": args.batch},
                   f"VARiant depth plans (cfg 1.5, runner {args.runner}; d16 has random weights, so only memory "
                   "and speed; speed-ups from runs interleaved with the full network's)\n\n"
                   + markdown_table(rows, cols))

@@ -24,7 +24,7 @@ def test_null_class_is_accepted(tiny_pipeline):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(cfg=math.nan), "cfg"), (dict(cfg=math.inf), "cfg"), (dict(cfg=-1.0), "cfg"),
     (dict(top_p=1.5), "top_p"), (dict(top_p=-0.1), "top_p"), (dict(top_p=math.nan), "top_p"),
-    (dict(top_k=-1), "top_k"), (dict(top_k=2.5), "top_k"), (dict(seed=-3), "seed"),
+    (dict(top_k=-1), "top_k"), (dict(top_k=2.5), "top_k"), (dict(seed=-3), "seed"), (dict(draw="gumbel"), "draw"),
 ])
 def test_bad_sampling_settings(tiny_pipeline, kwargs, match):
     with pytest.raises(ValueError, match=match):

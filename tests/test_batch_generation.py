@@ -112,3 +112,15 @@ def test_torchrun_two_gloo_processes_equal_single_process(default_model, tmp_pat
     assert r.returncode == 0, r.stderr[-2000:]
     a, b = pixels(tmp_path / "single"), pixels(tmp_path / "multi")
     assert len(a) == 16 and a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_fast_draw_sets_are_their_own(tiny_pipeline, tmp_path):
+    fast = BatchSettings([0, 1], 2, seed=1, batch_size=2, draw="fast")
+    generate_folder(tiny_pipeline, tmp_path / "fast", fast, ctx=FakeRank(0, 1), progress=False)
+    generate_folder(tiny_pipeline, tmp_path / "release", BatchSettings([0, 1], 2, seed=1, batch_size=2),
+                    ctx=FakeRank(0, 1), progress=False)
+    a, b = pixels(tmp_path / "fast"), pixels(tmp_path / "release")
+    assert a.keys() == b.keys() and not all(np.array_equal(a[k], b[k]) for k in a)
+    with pytest.raises(InputError, match="draw"):  # a release run cannot complete a fast set
+        generate_folder(tiny_pipeline, tmp_path / "fast", BatchSettings([0, 1], 2, seed=1, batch_size=2),
+                        ctx=FakeRank(0, 1), progress=False)

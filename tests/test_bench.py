@@ -107,6 +107,16 @@ def test_variant_smoke(results):
     assert (results / "variant_default_speed.png").is_file()
 
 
+def test_draw_smoke(results):
+    from bench import draw
+
+    draw.main(["--models", "default", "--batches", "2", "--repeats", "1", "--per-class", "3"])
+    r = rows(results / "draw.json")
+    assert [x["plan"] for x in r] == ["full", "d4@4", "d2@3"] and all(x["speedup"] > 0 for x in r)
+    assert all(0 <= x[f"{d}_accuracy"] <= 1 and x[f"{d}_fid"] > 0 for x in r for d in ("release", "fast"))
+    assert (results / "draw.png").is_file()
+
+
 def test_memory_and_speed_smoke(results):
     from bench import memory, speed
 

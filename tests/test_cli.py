@@ -18,6 +18,9 @@ def test_generate_grid_and_folder(default_model, tmp_path):
     assert Image.open(out).format == "PNG"
     assert main(["generate", "--class", "1", "--class", "2", "--num", "2", "--outdir", str(tmp_path / "d"), "--quiet"]) == 0
     assert len(list((tmp_path / "d").glob("*.png"))) == 4
+    fast = tmp_path / "fast.png"
+    assert main(["generate", "--class", "3", "--num", "4", "--seed", "0", "--draw", "fast", "-o", str(fast), "--quiet"]) == 0
+    assert Image.open(fast).size == Image.open(out).size and fast.read_bytes() != out.read_bytes()
 
 
 def test_info(default_model, capsys):
@@ -48,6 +51,7 @@ def test_official_checkpoint_via_cli(tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, message", [(["--distill", "0.5"], "needs --supernet"),
                                             (["--supernet", "--distill", "2"], "in \\[0, 1\\]"),
+                                            (["--distill-teacher", "t"], "needs a distillation weight"),
                                             (["--supernet", "--schedule", "progressive:1,2"], "bad schedule")])
 def test_bad_training_settings_are_messages(tmp_path, capsys, extra, message):
     import re

@@ -103,3 +103,47 @@ def test_sort_ascending_matches_torch_sort():
     assert torch.equal(values, expected)
     assert torch.equal(x.gather(-1, idx), values)
     assert torch.equal(idx.sort(dim=-1).values, torch.arange(300).expand(64, -1))  # a permutation
+
+
+def _logits_of_every_sharpness(rows: int = 600, V: int = 300) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    temperature = torch.logspace(-1.5, 1.0, rows).unsqueeze(1)  # flat rows (sorted path) to peaked ones
+    return (torch.randn(rows, V, generator=g) / temperature).unsqueeze(0)
+
+
+def test_fast_top_p_keeps_the_release_tokens():
+    from var_engine.sampling.logits import TOP_P_CANDIDATES, top_p_from_candidates_
+
+    logits = _logits_of_every_sharpness()
+    for top_p in (0.3, 0.9, 0.96, 0.999):
+        release = torch.isinf(top_k_top_p_(logits.clone(), top_p=top_p))
+        fast = torch.isinf(top_p_from_candidates_(logits.clone(), top_p))
+        assert torch.equal(fast, release), top_p
+        kept = (~release).sum(-1)
+        assert kept.min() <= TOP_P_CANDIDATES < kept.max()  # both the partial top-k and the sorted rows ran
+    for top_p in (0.0, 1.0):  # off, and every token stays
+        assert torch.equal(top_p_from_candidates_(logits.clone(), top_p), logits)
+
+
+def test_inverse_cdf_draw_follows_the_probabilities():
+    from var_engine.sampling.logits import draw_inverse_cdf
+
+    logits = torch.tensor([0.0, 1.0, -torch.inf, 2.0, -torch.inf]).log_softmax(0)
+    n = 40_000
+    tokens = draw_inverse_cdf(logits.expand(1, n, 5).contiguous(), torch.Generator().manual_seed(3))
+    counts = torch.bincount(tokens.flatten(), minlength=5).double()
+    p = logits.exp().double()
+    assert counts[2] == counts[4] == 0  # masked tokens are never drawn, also not the last one
+    expected = n * p
+    chi2 = ((counts - expected)[p > 0] ** 2 / expected[p > 0]).sum()
+    assert chi2 < 13.8  # 2 degrees of freedom, p = 0.001
+
+
+def test_fast_draw_is_seeded_and_per_sample_seeds_stay_independent(tiny_pipeline):
+    a = tiny_pipeline.generate([1, 2, 3], seed=[10, 11, 12], cfg=1.5, draw="fast")
+    b = tiny_pipeline.generate([1, 2, 3], seed=[10, 11, 12], cfg=1.5, draw="fast")
+    assert torch.equal(a.tokens, b.tokens)
+    single = tiny_pipeline.generate([2], seed=[11], cfg=1.5, draw="fast")
+    assert torch.equal(single.tokens[0], a.tokens[1])
+    release = tiny_pipeline.generate([1, 2, 3], seed=[10, 11, 12], cfg=1.5)
+    assert not torch.equal(release.tokens, a.tokens)  # another use of the random stream

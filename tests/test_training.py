@@ -1,4 +1,5 @@
 """Tiny training runs: losses fall, a killed run resumes to the same weights, torchrun works."""
+import json
 import os
 import subprocess
 import sys
@@ -127,6 +128,17 @@ def test_torchrun_two_gloo_processes(folder, tmp_path):
 
     pipe = Pipeline.from_pretrained(tmp_path / "var")
     assert pipe.generate([0, 1], seed=0).images.shape == (2, 3, 16, 16)
+
+    # a frozen teacher on every step: the first step's student is the teacher itself
+    from var_engine.cli import main
+
+    assert main(["train", "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "distilled"),
+                 "--init-from", str(tmp_path / "var"), "--distill", "1.0", "--distill-teacher", str(tmp_path / "var"),
+                 "--lr", "1e-2", "--warmup-steps", "0", "--ema", "0", "--augment-copies", "1", *common]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "distilled" / "train.jsonl").read_text().splitlines()]
+    assert rows[0]["distill"] < 1e-6 < rows[-1]["distill"]
+    config = json.loads((tmp_path / "distilled" / "config.json").read_text())
+    assert config["fine_tune"]["distill"]["teacher"] == str(tmp_path / "var")
 
 
 def _subnet_gap(model, folder) -> float:

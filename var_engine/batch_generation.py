@@ -57,6 +57,7 @@ class BatchSettings:
     depth: int | None = None
     switch_scale: int | None = None
     precision: str = "fp32"  # autocast precision; part of the manifest because it changes the images
+    draw: str = "release"  # token draw method (see SamplingConfig.draw); changes the images too
 
 
 def plan_jobs(classes: Sequence[int], per_class: int) -> list[Job]:
@@ -106,7 +107,7 @@ def generate_folder(pipe: Pipeline, outdir: str | Path, settings: BatchSettings,
         for chunk in todo:
             out = pipe.generate([j.class_id for j in chunk], seed=[j.seed(settings.seed) for j in chunk],
                                 cfg=settings.cfg, top_k=settings.top_k, top_p=settings.top_p, layer_plan=plan,
-                                precision=settings.precision)
+                                precision=settings.precision, draw=settings.draw)
             for job, image in zip(chunk, out.images.cpu()):
                 if not (outdir / job.filename).is_file():
                     save_png(image, outdir / job.filename)

@@ -38,7 +38,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         for i in range(0, len(labels), args.batch_size):
             chunk = labels_t[i:i + args.batch_size]
             out = pipe.generate(chunk, seed=args.seed + i, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
-                                more_smooth=args.more_smooth, layer_plan=plan,
+                                more_smooth=args.more_smooth, layer_plan=plan, draw=args.draw,
                                 transient_last_scale=args.transient_last_scale, precision=args.precision)
             images.append(out.images.cpu())
             bar.update(len(chunk))
@@ -88,7 +88,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         classes = pipe.parse_labels([c for c in args.classes.split(",") if c.strip()]).tolist()
     settings = BatchSettings(classes=classes, per_class=args.per_class, seed=args.seed, batch_size=args.batch_size,
                              cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, depth=args.depth,
-                             switch_scale=args.switch_scale, precision=args.precision)
+                             switch_scale=args.switch_scale, precision=args.precision, draw=args.draw)
     counts = generate_folder(pipe, args.outdir, settings, ctx=ctx, progress=not args.quiet)
     if ctx.is_main:
         print(f"{args.outdir}: {counts['total']} images ({counts['made']} new on rank 0)")

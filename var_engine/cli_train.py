@@ -103,8 +103,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .variant import SupernetPlan, SupernetSchedule
 
     distill = Distillation(args.distill, args.distill_temperature) if args.distill else None
-    if distill is not None and not args.supernet:
-        raise ConfigError("--distill teaches subnets from the full network: it needs --supernet")
+    if distill is not None and not args.supernet and not args.distill_teacher:
+        raise ConfigError("--distill teaches subnets from the full network: it needs --supernet "
+                          "(or a frozen --distill-teacher)")
+    if args.distill_teacher and distill is None:
+        raise ConfigError("--distill-teacher needs a distillation weight: --distill W with W in (0, 1]")
     schedule = SupernetSchedule.parse(args.schedule)
     tokenizer = load_tokenizer(args.tokenizer)
     tcfg = tokenizer.cfg
@@ -131,10 +134,22 @@ def cmd_train(args: argparse.Namespace) -> int:
                             "schedule": args.schedule, "switch_scale": max(args.switch_scales)}
         plan = SupernetPlan(var_cfg.depth, var_cfg.patch_nums, tuple(args.depths), tuple(args.switch_scales),
                             args.steps, schedule, seed=args.seed)
+    teacher = None
+    if args.distill_teacher:
+        from .pipeline import Pipeline
+
+        prior = Pipeline.from_pretrained(args.distill_teacher)
+        if prior.config.transformer.vocab_size != var_cfg.vocab_size or \
+                prior.config.transformer.patch_nums != var_cfg.patch_nums:
+            raise ConfigError("--distill-teacher must share the trained model's vocabulary and scales")
+        teacher = prior.transformer
     if distill is not None:
-        extra["variant"]["distill"] = {"weight": distill.weight, "temperature": distill.temperature}
+        record = {"weight": distill.weight, "temperature": distill.temperature,
+                  **({"teacher": str(args.distill_teacher)} if teacher is not None else {})}
+        extra.setdefault("variant" if args.supernet else "fine_tune", {})["distill"] = record
     cfg = train_config(args)
     train_transformer(model_cfg, tokenizer, cfg, train, heldout, plan=plan, init_from=init_from, distill=distill,
+                      teacher=teacher,
                       augment_copies=args.augment_copies, label_smoothing=args.label_smoothing,
                       extra_config=extra, save_dtype=save_dtype(args.save_dtype), progress=not args.no_progress)
     print(f"checkpoint written to {args.out}")
@@ -167,6 +182,9 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
                    help="in-place distillation: on subnet steps the loss is (1 - W) * cross-entropy + W * "
                         "KL(full network || subnet), W in [0, 1] (0: off)")
     s.add_argument("--distill-temperature", type=float, default=1.0)
+    s.add_argument("--distill-teacher", default=None,
+                   help="a frozen var-engine checkpoint to distil from on every step (full network and "
+                        "subnets) instead of the network itself on subnet steps")
     add_train_args(p, steps=6000, batch_size=64, lr=1e-3, ema=0.999)
 
 

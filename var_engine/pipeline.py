@@ -290,7 +290,7 @@ class Pipeline:
                  top_p: float = 0.96, more_smooth: bool = False, depth: int | None = None,
                  switch_scale: int | None = None, layer_plan: LayerPlan | None = None,
                  hooks: Sequence[ScaleHook] = (), transient_last_scale: bool = False,
-                 precision: str = "fp32", decode: bool = True) -> GenerateOutput:
+                 precision: str = "fp32", decode: bool = True, draw: str = "release") -> GenerateOutput:
         """Sample class-conditional images. Returns images in [0, 1], tokens and timing/memory stats.
 
         With labels=None, `batch` random classes are drawn first from the seeded generator.
@@ -300,9 +300,11 @@ class Pipeline:
         (same weights, nothing reloaded); layer_plan: any custom LayerPlan instead.
         transient_last_scale: keep the final scale's keys/values out of the KV cache (less memory).
         precision: 'fp32' (reference), or 'bf16'/'fp16' autocast for the transformer and the decoder.
+        draw: 'release' (the official code's filtering and multinomial draw: its tokens for a seed) or
+        'fast' (the same distribution with less sampling work; other tokens for a seed).
         Raises InputError/ConfigError for bad ids or settings.
         """
-        settings = SamplingConfig(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
+        settings = SamplingConfig(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth, draw=draw)
         autocast = self.autocast(precision)
         if depth is not None or switch_scale is not None:
             if layer_plan is not None:

@@ -8,6 +8,11 @@ import torch
 # one generator for the whole batch (the release's protocol), or one per sample
 Generators = "torch.Generator | Sequence[torch.Generator] | None"
 
+# "release": the official code's top-p arithmetic and multinomial draw (same tokens for the same seed);
+# "fast": the same distribution from less work (see top_p_from_candidates_ and draw_inverse_cdf)
+DRAW_METHODS = ("release", "fast")
+TOP_P_CANDIDATES = 32  # enough for nearly every row of a trained model's later scales
+
 
 def guidance_scale(cfg: float, scale_index: int, num_scales: int) -> float:
     """The release's linear ramp: 0 at the first scale, cfg at the last."""
@@ -45,6 +50,60 @@ def top_k_top_p_(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -
         remove_sorted[..., -1:] = False  # always keep the most likely token
         logits_BlV.masked_fill_(remove_sorted.scatter(-1, sorted_idx, remove_sorted), -torch.inf)
     return logits_BlV
+
+
+def top_p_from_candidates_(logits_BlV: torch.Tensor, top_p: float) -> torch.Tensor:
+    """top_k_top_p_'s top-p mask without sorting every row (in place; returns logits_BlV).
+
+    A token is kept while the probability mass of the tokens above it is below top_p. Rows whose
+    TOP_P_CANDIDATES most likely tokens already hold top_p of the mass keep a subset of those, found
+    with a partial top-k; only the other rows are sorted. The kept sets equal the release's up to
+    float rounding of a sum that lands exactly on the boundary.
+    """
+    if not 0 < top_p < 1:  # 0: off; 1: every token of non-zero probability stays
+        return logits_BlV
+    V = logits_BlV.shape[-1]
+    flat = logits_BlV.view(-1, V)
+    probs = flat.float().softmax(dim=-1)
+    top_vals, top_idx = probs.topk(min(TOP_P_CANDIDATES, V), dim=-1)  # descending
+    head = top_vals.cumsum(dim=-1)
+    remove = torch.ones_like(flat, dtype=torch.bool)
+    remove.scatter_(-1, top_idx, head - top_vals >= top_p)
+    uncovered = (head[:, -1] < top_p).nonzero().squeeze(1)
+    if uncovered.numel():
+        sorted_probs, sorted_idx = probs.index_select(0, uncovered).sort(dim=-1, descending=True)
+        cut = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
+        remove[uncovered] = cut.scatter(-1, sorted_idx, cut)
+    flat.masked_fill_(remove, -torch.inf)
+    return logits_BlV
+
+
+def draw_inverse_cdf(logits_BlV: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """One categorical draw per token (B, l) from one uniform number each (inverse CDF).
+
+    The same distribution as draw_tokens, which spends V random numbers per token; the tokens a
+    seed gives differ from it.
+    """
+    if isinstance(generator, Sequence):
+        return torch.cat([draw_inverse_cdf(logits_BlV[i:i + 1], g) for i, g in enumerate(generator)])
+    B, l, V = logits_BlV.shape
+    cdf = logits_BlV.float().softmax(dim=-1).view(-1, V).cumsum_(dim=-1)
+    total = cdf[:, -1:]
+    u = torch.rand(total.shape, generator=generator, device=total.device, dtype=total.dtype)
+    # u * total < total in float32, so the first entry above it is a token of non-zero probability
+    return torch.searchsorted(cdf, u * total, right=True).clamp_(max=V - 1).view(B, l)
+
+
+def filter_and_draw(logits_BlV: torch.Tensor, top_k: int, top_p: float, generator: Generators,
+                    method: str = "release") -> tuple[torch.Tensor, torch.Tensor]:
+    """Filter the guided logits in place and draw one token per position: (tokens (B, l), logits)."""
+    if method == "release":
+        logits_BlV = top_k_top_p_(logits_BlV, top_k, top_p)
+        return draw_tokens(logits_BlV, generator), logits_BlV
+    if method != "fast":
+        raise ValueError(f"draw method must be one of {DRAW_METHODS}, got {method!r}")
+    logits_BlV = top_p_from_candidates_(top_k_top_p_(logits_BlV, top_k, 0.0), top_p)
+    return draw_inverse_cdf(logits_BlV, generator), logits_BlV
 
 
 def draw_tokens(logits_BlV: torch.Tensor, generator: Generators) -> torch.Tensor:

@@ -17,7 +17,7 @@ from ..cache import KVCache
 from ..config import SamplingConfig
 from ..tokenizer.quantizer import MultiScaleQuantizer
 from ..transformer import VARTransformer
-from .logits import Generators, cfg_mix, draw_tokens, guidance_scale, gumbel_smooth, top_k_top_p_
+from .logits import Generators, cfg_mix, filter_and_draw, guidance_scale, gumbel_smooth
 from .runners import CacheSpec, EagerRunner
 
 LayerPlan = Callable[[int], "Sequence[int] | None"]  # scale_index -> blocks to run (None: all)
@@ -112,8 +112,8 @@ def sample(transformer: VARTransformer, quantizer: MultiScaleQuantizer, labels_B
            transient_last_scale: bool = False, runner: EagerRunner | None = None) -> SampleResult:
     """Sample token maps for `labels_B` scale by scale; returns tokens and the final f_hat.
 
-    Parity with the release: the same generator draws one multinomial per scale over the
-    (B*l, V) guided probabilities. A list of per-sample generators makes every sample
+    Parity with the release (settings.draw == "release"): the same generator draws one
+    multinomial per scale over the (B*l, V) guided probabilities. A list of per-sample generators makes every sample
     independent of its batch (used for reproducible, shardable batch generation); they follow
     the population when hooks reindex it. With cfg == 0 the unconditional half is skipped
     (identical tokens, half the work). transient_last_scale keeps the final scale's keys/values
@@ -154,8 +154,7 @@ def sample(transformer: VARTransformer, quantizer: MultiScaleQuantizer, labels_B
         ratio = si / (K - 1)
         if guided:
             logits = cfg_mix(logits, guidance_scale(settings.cfg, si, K))
-        logits = top_k_top_p_(logits, settings.top_k, settings.top_p)
-        idx_Bl = draw_tokens(logits, generator)
+        idx_Bl, logits = filter_and_draw(logits, settings.top_k, settings.top_p, generator, settings.draw)
         if settings.more_smooth:
             h = gumbel_smooth(logits, ratio, quantizer.embedding.weight, generator)  # (B, l, C)
             h_BChw = h.transpose(1, 2).reshape(-1, cfg_t.z_channels, pn, pn)
