@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-NAMES = ["quality", "memory", "speed", "variant", "sampler", "decoder", "official", "supernet_frontier"]
+NAMES = ["quality", "memory", "speed", "variant", "sampler", "decoder", "draw", "official", "supernet_frontier"]
 
 
 def main(argv=None) -> int:

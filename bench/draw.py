@@ -7,6 +7,7 @@ model the evaluator's accuracy and FID-style distance of each (same seeds). Writ
 bench/results/<out-name>.{json,md,png}.
 
 Usage: python -m bench.draw [--models default,d16] [--batches 1,16,64] [--per-class 100] [--threads 1]
+GPU:   python -m bench.draw --device cuda --models d16,d30 --layout-batches 1,8,64 --precision bf16 --per-class 0
 """
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ import time
 
 import torch
 
-from bench.common import markdown_table, parse_args, results_dir, write_results
+from bench.common import markdown_table, parse_args, results_dir, sync, write_results
 from bench.plot import line_chart
 from bench.quality import generate_set
 from bench.sampler import build
 from var_engine.data import DigitsDataset
 from var_engine.evaluator import FeatureExtractor, accuracy
 from var_engine.metrics import batches, frechet_distance
+from var_engine.pipeline import PRECISIONS
 from var_engine.variant import DepthPlan
 
 DRAWS = ("release", "fast")
@@ -38,13 +40,14 @@ def plans_for(name: str, pipe) -> dict[str, DepthPlan | None]:
     return plans
 
 
-def timed_side_by_side(pipe, labels: torch.Tensor, plan, repeats: int) -> dict[str, float]:
+def timed_side_by_side(pipe, labels: torch.Tensor, plan, repeats: int, precision: str = "fp32") -> dict[str, float]:
     """Median seconds per call of each draw method, runs interleaved after one warm-up each."""
     times: dict[str, list[float]] = {d: [] for d in DRAWS}
     for r in range(repeats + 1):
         for draw in DRAWS:
             t0 = time.perf_counter()
-            pipe.generate(labels, seed=r, cfg=1.5, layer_plan=plan, draw=draw)
+            pipe.generate(labels, seed=r, cfg=1.5, layer_plan=plan, draw=draw, precision=precision)
+            sync(pipe.device)
             if r:
                 times[draw].append(time.perf_counter() - t0)
     return {d: statistics.median(t) for d, t in times.items()}
@@ -53,7 +56,9 @@ def timed_side_by_side(pipe, labels: torch.Tensor, plan, repeats: int) -> dict[s
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--models", default="default,d16")
-    p.add_argument("--batches", default="1,16,64", help="comma list (d16 runs batch 1 only)")
+    p.add_argument("--batches", default="1,16,64", help="comma list for the default model")
+    p.add_argument("--layout-batches", default="1", help="comma list for official layouts (d16, d30, ...)")
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--per-class", type=int, default=100, help="images per class for quality (0: skip)")
     p.add_argument("--device", default="cpu")
@@ -67,11 +72,11 @@ def main(argv=None) -> None:
             evaluator = pipe.components["evaluator"]
             feats = FeatureExtractor(evaluator)
             held01 = DigitsDataset("heldout").tensors()[0].add(1).mul(0.5)
-        batch_list = [int(b) for b in args.batches.split(",")] if name == "default" else [1]
+        batch_list = [int(b) for b in (args.batches if name == "default" else args.layout_batches).split(",")]
         for plan_name, plan in plans_for(name, pipe).items():
             for batch in batch_list:
                 labels = torch.arange(batch) % pipe.config.num_classes
-                t = timed_side_by_side(pipe, labels, plan, args.repeats)
+                t = timed_side_by_side(pipe, labels, plan, args.repeats, args.precision)
                 row = {"model": name, "plan": plan_name, "batch": batch,
                        "release_s_per_image": t["release"] / batch, "fast_s_per_image": t["fast"] / batch,
                        "speedup": t["release"] / t["fast"]}
@@ -91,7 +96,7 @@ def main(argv=None) -> None:
     cols = ["model", "plan", "batch", "release_s_per_image", "fast_s_per_image", "speedup", "release_accuracy",
             "fast_accuracy", "release_fid", "fast_fid"]
     write_results(args.out_name, {"rows": rows, "repeats": args.repeats, "per_class": args.per_class},
-                  f"Token drawing, release vs fast (cfg 1.5, top-k 900, top-p 0.96, eager, {args.device}, "
+                  f"Token drawing, release vs fast (cfg 1.5, top-k 900, top-p 0.96, eager, {args.device}, {args.precision}, "
                   f"{torch.get_num_threads()} thread(s), median of {args.repeats} interleaved runs; quality at the "
                   f"largest batch's row, {args.per_class} images per class, same seeds)\n\n" + markdown_table(rows, cols))
 

@@ -44,6 +44,8 @@ step 90 sampler_fp32 python -m bench.sampler --device cuda --models d16 --batche
   --precision fp32 --runners eager,cuda-graphs --repeats 3 --out-name sampler_gpu_fp32
 step 120 decoder python -m bench.decoder --device cuda --models d16 --batches 1,64 --precisions bf16,fp32 \
   --repeats 3 --profile --out-name decoder_gpu
+step 90 draw python -m bench.draw --device cuda --models d16 --layout-batches 1,64 --precision bf16 \
+  --per-class 0 --repeats 3 --out-name draw_gpu
 step 180 sampler_compile python -m bench.sampler --device cuda --models d16 --batches 1,64 --precision bf16 \
   --runners eager,cuda-graphs,compile --compile-granularity block --no-reference --repeats 3 \
   --out-name sampler_gpu_compile_block
