@@ -34,16 +34,18 @@ def _once(pipe, labels, plan, seed: int, draw: str = "release") -> tuple[float, 
 
 
 def timed_against_full(pipe, labels, plan, repeats: int,
-                       draw: str = "release") -> tuple[tuple[float, float, int], float]:
-    """Median (seconds, transformer seconds, KV bytes) of `plan`, and its speed-up over the full network
-    from runs interleaved with the full network's (drifts of a shared machine hit both alike)."""
+                       draw: str = "release") -> tuple[tuple[float, float, int], tuple[float, float]]:
+    """Median (seconds, transformer seconds, KV bytes) of `plan`, and its speed-ups over the full network
+    (end to end, token generation alone) from runs interleaved with the full network's (drifts of a
+    shared machine hit both alike)."""
     _once(pipe, labels, plan, 0, draw)  # warm-up (and compilation for the compile runner)
     runs, full = [], []
     for r in range(repeats):
-        full.append(_once(pipe, labels, None, r, draw)[0])
+        full.append(_once(pipe, labels, None, r, draw))
         runs.append(_once(pipe, labels, plan, r, draw))
     median = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs), runs[0][2])
-    return median, statistics.median(full) / median[0]
+    speedups = (statistics.median(f[0] for f in full) / median[0], statistics.median(f[1] for f in full) / median[1])
+    return median, speedups
 
 
 def main(argv=None) -> None:
@@ -76,12 +78,15 @@ def main(argv=None) -> None:
         for depth in depths_for(D):
             for switch in (switches if depth < D else [K]):
                 plan = None if depth == D else DepthPlan(D, depth, switch, pipe.config.patch_nums)
-                (total, transformer, measured), speedup = timed_against_full(pipe, labels, plan, args.repeats, args.draw)
+                (total, transformer, measured), (speedup, transformer_speedup) = timed_against_full(
+                    pipe, labels, plan, args.repeats, args.draw)
                 analytic = batch * pipe.kv_bytes_per_image(1.5, plan)
-                row = {"model": name, "runner": args.runner, "draw": args.draw, "depth": depth, "switch_scale": switch, "batch": batch,
+                row = {"model": name, "runner": args.runner, "draw": args.draw, "depth": depth,
+                       "switch_scale": switch, "batch": batch,
                        "kv_bytes_per_image": analytic // batch, "kv_measured_vs_analytic": measured / analytic,
                        "kv_saving_vs_full": 1 - analytic / (batch * full_kv), "s_per_image": total / batch,
-                       "transformer_s_per_image": transformer / batch, "speedup_vs_full": speedup}
+                       "transformer_s_per_image": transformer / batch, "speedup_vs_full": speedup,
+                       "transformer_speedup_vs_full": transformer_speedup}
                 if quality:
                     images, ys = generate_set(pipe, args.per_class, 1.5, 1000, plan, draw=args.draw)
                     row["accuracy"] = accuracy(pipe.components["evaluator"], images, ys)
@@ -89,8 +94,9 @@ def main(argv=None) -> None:
                 rows.append(row)
                 print(row, flush=True)
         mine = [r for r in rows if r["model"] == name]
-        series = {f"switch {s}": [(r["depth"], r["speedup_vs_full"]) for r in mine if r["switch_scale"] in (s, K)]
-                  for s in switches}
+        series = {f"switch {s}{part}": [(r["depth"], r[key]) for r in mine if r["switch_scale"] in (s, K)]
+                  for s in switches for part, key in (("", "speedup_vs_full"),
+                                                      (", tokens only", "transformer_speedup_vs_full"))}
         line_chart(results_dir() / f"{args.out_name}_{name}_speed.png", f"{name}: speed-up vs full depth (cfg 1.5, batch {batch})",
                    "subnet depth", "speed-up", series)
         series = {f"switch {s}": [(r["depth"], r["kv_bytes_per_image"] / 2**20) for r in mine
@@ -102,12 +108,15 @@ def main(argv=None) -> None:
             line_chart(results_dir() / f"{args.out_name}_{name}_fid.png", f"{name}: FID-style distance (evaluator features)",
                        "subnet depth", "FID-style", series)
     cols = ["model", "runner", "draw", "depth", "switch_scale", "batch", "kv_bytes_per_image", "kv_saving_vs_full",
-            "kv_measured_vs_analytic", "s_per_image", "transformer_s_per_image", "speedup_vs_full", "accuracy",
+            "kv_measured_vs_analytic", "s_per_image", "transformer_s_per_image", "speedup_vs_full",
+            "transformer_speedup_vs_full", "accuracy",
             "fid_evaluator"]
     write_results(args.out_name, {"rows": rows, "per_class": args.per_class, "repeats": args.repeats,
                                   "batch": args.batch},
-                  f"VARiant depth plans (cfg 1.5, runner {args.runner}; d16 has random weights, so only memory "
-                  "and speed; speed-ups from runs interleaved with the full network's)\n\n"
+                  f"VARiant depth plans (cfg 1.5, runner {args.runner}, draw {args.draw}, {torch.get_num_threads()} "
+                  "thread(s); d16 has random weights, so only memory and speed; speed-ups from runs interleaved "
+                  "with the full network's, end to end and for token generation alone (transformer and "
+                  "sampling, without the decoder))\n\n"
                   + markdown_table(rows, cols))
 
 
