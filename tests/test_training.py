@@ -139,6 +139,11 @@ def test_torchrun_two_gloo_processes(folder, tmp_path):
     assert rows[0]["distill"] < 1e-6 < rows[-1]["distill"]
     config = json.loads((tmp_path / "distilled" / "config.json").read_text())
     assert config["fine_tune"]["distill"]["teacher"] == str(tmp_path / "var")
+    from var_engine import default_checkpoint_dir
+
+    if (default_checkpoint_dir() / "config.json").is_file():  # a teacher of another vocabulary is refused
+        assert main(["train", "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "other"),
+                     "--distill", "1.0", "--distill-teacher", str(default_checkpoint_dir()), *common]) == 2
 
 
 def _subnet_gap(model, folder) -> float:

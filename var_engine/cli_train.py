@@ -139,9 +139,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .pipeline import Pipeline
 
         prior = Pipeline.from_pretrained(args.distill_teacher)
-        if prior.config.transformer.vocab_size != var_cfg.vocab_size or \
-                prior.config.transformer.patch_nums != var_cfg.patch_nums:
-            raise ConfigError("--distill-teacher must share the trained model's vocabulary and scales")
+        t = prior.config.transformer
+        if (t.vocab_size, t.patch_nums, t.num_classes) != (var_cfg.vocab_size, var_cfg.patch_nums, var_cfg.num_classes):
+            raise ConfigError("--distill-teacher must share the trained model's vocabulary, scales and classes")
         teacher = prior.transformer
     if distill is not None:
         record = {"weight": distill.weight, "temperature": distill.temperature,
