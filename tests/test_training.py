@@ -110,7 +110,7 @@ def test_supernet_training_runs_subnet_steps(folder, tmp_path):
     assert [r["distill"] > 0 for r in rows] == subnet_steps  # the term exists on subnet steps only
 
 
-def test_torchrun_two_gloo_processes(folder, tmp_path):
+def test_torchrun_two_gloo_processes(folder, tmp_path, capsys):
     """DDP on CPU: 2 processes train a tokenizer and a transformer and write one checkpoint."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
     base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
@@ -144,6 +144,7 @@ def test_torchrun_two_gloo_processes(folder, tmp_path):
     if (default_checkpoint_dir() / "config.json").is_file():  # a teacher of another vocabulary is refused
         assert main(["train", "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "other"),
                      "--distill", "1.0", "--distill-teacher", str(default_checkpoint_dir()), *common]) == 2
+        assert "must share the trained model's vocabulary" in capsys.readouterr().err
 
 
 def _subnet_gap(model, folder) -> float:
