@@ -21,13 +21,13 @@ from bench.common import markdown_table, parse_args, results_dir, sync, write_re
 from bench.plot import line_chart
 from bench.quality import generate_set
 from bench.sampler import build
+from var_engine.config import DRAW_METHODS
 from var_engine.data import DigitsDataset
 from var_engine.evaluator import FeatureExtractor, accuracy
 from var_engine.metrics import batches, frechet_distance
 from var_engine.pipeline import PRECISIONS
 from var_engine.variant import DepthPlan
 
-DRAWS = ("release", "fast")
 
 
 def plans_for(name: str, pipe) -> dict[str, DepthPlan | None]:
@@ -42,9 +42,9 @@ def plans_for(name: str, pipe) -> dict[str, DepthPlan | None]:
 
 def timed_side_by_side(pipe, labels: torch.Tensor, plan, repeats: int, precision: str = "fp32") -> dict[str, float]:
     """Median seconds per call of each draw method, runs interleaved after one warm-up each."""
-    times: dict[str, list[float]] = {d: [] for d in DRAWS}
+    times: dict[str, list[float]] = {d: [] for d in DRAW_METHODS}
     for r in range(repeats + 1):
-        for draw in DRAWS:
+        for draw in DRAW_METHODS:
             t0 = time.perf_counter()
             pipe.generate(labels, seed=r, cfg=1.5, layer_plan=plan, draw=draw, precision=precision)
             sync(pipe.device)
@@ -83,7 +83,7 @@ def main(argv=None) -> None:
                 rows.append(row)
                 print(row, flush=True)
             if quality:
-                for draw in DRAWS:
+                for draw in DRAW_METHODS:
                     images, ys = generate_set(pipe, args.per_class, 1.5, 1000, plan, draw=draw)
                     rows[-1][f"{draw}_accuracy"] = accuracy(evaluator, images, ys)
                     rows[-1][f"{draw}_fid"] = frechet_distance(feats, batches(held01), batches(images))

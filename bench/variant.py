@@ -20,6 +20,7 @@ from var_engine.data import DigitsDataset
 from var_engine.sampling import RUNNERS
 from var_engine.evaluator import FeatureExtractor, accuracy
 from var_engine.metrics import batches, frechet_distance
+from var_engine.config import DRAW_METHODS
 from var_engine.variant import DepthPlan
 
 
@@ -59,7 +60,7 @@ def main(argv=None) -> None:
     p.add_argument("--runner", default="eager", choices=RUNNERS,
                    help="how scale steps execute (the same for the full network and the subnets)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--draw", default="release", choices=("release", "fast"), help="token draw method")
+    p.add_argument("--draw", default="release", choices=DRAW_METHODS, help="token draw method")
     p.add_argument("--out-name", default="variant")
     args = parse_args(p, argv)
     rows = []

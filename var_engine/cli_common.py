@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from .config import OFFICIAL_PATCH_NUMS_256
+from .config import DRAW_METHODS, OFFICIAL_PATCH_NUMS_256
 from .errors import VarEngineError
 from .linear import LINEAR_BACKENDS
 from .pipeline import PRECISIONS
@@ -77,7 +77,7 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=900)
     p.add_argument("--top-p", type=float, default=0.96)
     p.add_argument("--more-smooth", action="store_true", help="gumbel smoothing (visualisation only)")
-    p.add_argument("--draw", choices=("release", "fast"), default="release",
+    p.add_argument("--draw", choices=DRAW_METHODS, default="release",
                    help="release: the official code's top-p and multinomial draw (its tokens for a seed); "
                         "fast: the same distribution with less sampling work")
 

@@ -160,6 +160,11 @@ class TransformerConfig:
         return _from_dict(cls, data)
 
 
+# "release": the official code's top-p arithmetic and multinomial draw (its tokens for a seed);
+# "fast": the same distribution from a partial top-k and one uniform number per token
+DRAW_METHODS = ("release", "fast")
+
+
 @dataclass
 class SamplingConfig:
     """Sampling settings. cfg ramps linearly from 0 at the first scale to cfg at the last."""
@@ -168,9 +173,7 @@ class SamplingConfig:
     top_k: int = 900  # 0: off
     top_p: float = 0.96  # 0: off
     more_smooth: bool = False  # gumbel-softmax smoothing (visualisation only)
-    # "release": the official code's top-p arithmetic and multinomial draw, the same tokens for a seed;
-    # "fast": the same distribution from a partial top-k and one uniform number per token
-    draw: str = "release"
+    draw: str = "release"  # one of DRAW_METHODS
 
     def __post_init__(self) -> None:
         if isinstance(self.cfg, bool) or not isinstance(self.cfg, (int, float)) or not math.isfinite(self.cfg):
@@ -182,8 +185,8 @@ class SamplingConfig:
         self.top_k = int(self.top_k)
         if not isinstance(self.top_p, (int, float)) or not (0.0 <= self.top_p <= 1.0):
             raise ConfigError(f"top_p must be in [0, 1], got {self.top_p!r}")
-        if self.draw not in ("release", "fast"):
-            raise ConfigError(f"draw must be 'release' or 'fast', got {self.draw!r}")
+        if self.draw not in DRAW_METHODS:
+            raise ConfigError(f"draw must be one of {DRAW_METHODS}, got {self.draw!r}")
 
 
 @dataclass

@@ -5,12 +5,11 @@ from typing import Sequence
 
 import torch
 
+from ..config import DRAW_METHODS
+
 # one generator for the whole batch (the release's protocol), or one per sample
 Generators = "torch.Generator | Sequence[torch.Generator] | None"
 
-# "release": the official code's top-p arithmetic and multinomial draw (same tokens for the same seed);
-# "fast": the same distribution from less work (see top_p_from_candidates_ and draw_inverse_cdf)
-DRAW_METHODS = ("release", "fast")
 TOP_P_CANDIDATES = 32  # enough for nearly every row of a trained model's later scales
 
 

@@ -113,8 +113,8 @@ def sample(transformer: VARTransformer, quantizer: MultiScaleQuantizer, labels_B
     """Sample token maps for `labels_B` scale by scale; returns tokens and the final f_hat.
 
     Parity with the release (settings.draw == "release"): the same generator draws one
-    multinomial per scale over the (B*l, V) guided probabilities. A list of per-sample generators makes every sample
-    independent of its batch (used for reproducible, shardable batch generation); they follow
+    multinomial per scale over the (B*l, V) guided probabilities. A list of per-sample
+    generators makes every sample independent of its batch (used for reproducible, shardable batch generation); they follow
     the population when hooks reindex it. With cfg == 0 the unconditional half is skipped
     (identical tokens, half the work). transient_last_scale keeps the final scale's keys/values
     out of the cache (one layer's worth exists at a time): about a third less peak KV memory.
