@@ -29,7 +29,6 @@ from var_engine.pipeline import PRECISIONS
 from var_engine.variant import DepthPlan
 
 
-
 def plans_for(name: str, pipe) -> dict[str, DepthPlan | None]:
     """The full network, and for the default model its shipped subnets at their default switch scale."""
     plans: dict[str, DepthPlan | None] = {"full": None}
