@@ -30,7 +30,7 @@ from var_engine.variant import DepthPlan
 
 
 def plans_for(name: str, pipe) -> dict[str, DepthPlan | None]:
-    """The full network, and for the default model its shipped subnets at their default switch scale."""
+    """The full network, and for the default model depth D/2 after 4 scales and depth 2 after 3."""
     plans: dict[str, DepthPlan | None] = {"full": None}
     if name == "default":
         D, pn = pipe.config.depth, pipe.config.patch_nums
