@@ -19,12 +19,9 @@ import torch
 
 from bench.common import markdown_table, parse_args, results_dir, sync, write_results
 from bench.plot import line_chart
-from bench.quality import generate_set
+from bench.quality import HeldoutScore
 from bench.sampler import build
 from var_engine.config import DRAW_METHODS
-from var_engine.data import DigitsDataset
-from var_engine.evaluator import FeatureExtractor, accuracy
-from var_engine.metrics import batches, frechet_distance
 from var_engine.pipeline import PRECISIONS
 from var_engine.variant import DepthPlan
 
@@ -67,10 +64,7 @@ def main(argv=None) -> None:
     for name in args.models.split(","):
         pipe = build(name, args.device)
         quality = name == "default" and args.per_class > 0 and "evaluator" in pipe.components
-        if quality:
-            evaluator = pipe.components["evaluator"]
-            feats = FeatureExtractor(evaluator)
-            held01 = DigitsDataset("heldout").tensors()[0].add(1).mul(0.5)
+        score = HeldoutScore(pipe.components["evaluator"]) if quality else None
         batch_list = [int(b) for b in (args.batches if name == "default" else args.layout_batches).split(",")]
         for plan_name, plan in plans_for(name, pipe).items():
             for batch in batch_list:
@@ -83,9 +77,8 @@ def main(argv=None) -> None:
                 print(row, flush=True)
             if quality:
                 for draw in DRAW_METHODS:
-                    images, ys = generate_set(pipe, args.per_class, 1.5, 1000, plan, draw=draw)
-                    rows[-1][f"{draw}_accuracy"] = accuracy(evaluator, images, ys)
-                    rows[-1][f"{draw}_fid"] = frechet_distance(feats, batches(held01), batches(images))
+                    rows[-1][f"{draw}_accuracy"], rows[-1][f"{draw}_fid"] = score.of_generated(
+                        pipe, args.per_class, plan, draw)
                 print(rows[-1], flush=True)
     series: dict[str, list] = {}
     for r in rows:

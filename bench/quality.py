@@ -30,6 +30,21 @@ def generate_set(pipe: Pipeline, per_class: int, cfg: float, seed: int, plan=Non
     return torch.cat(images), labels
 
 
+class HeldoutScore:
+    """Class accuracy (shipped evaluator) and FID-style distance to the held-out digits of generated sets."""
+
+    def __init__(self, evaluator) -> None:
+        self.evaluator = evaluator
+        self.features = FeatureExtractor(evaluator)
+        self.held01 = DigitsDataset("heldout").tensors()[0].add(1).mul(0.5)
+
+    def of_generated(self, pipe: Pipeline, per_class: int, plan=None, draw: str = "release") -> tuple[float, float]:
+        """(accuracy, FID-style) of per_class images of every class at cfg 1.5, seed 1000."""
+        images, labels = generate_set(pipe, per_class, 1.5, 1000, plan, draw=draw)
+        return (accuracy(self.evaluator, images, labels),
+                frechet_distance(self.features, batches(self.held01), batches(images)))
+
+
 def load_image_set(path: str) -> torch.Tensor:
     """An .npz (arr_0: N,H,W,3 uint8, the layout FID toolkits use) or a folder of images -> (N, 3, H, W) in [0, 1]."""
     from pathlib import Path

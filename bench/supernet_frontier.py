@@ -25,12 +25,10 @@ import torch
 
 from bench.common import markdown_table, parse_args, results_dir, write_results
 from bench.plot import line_chart
-from bench.quality import generate_set
+from bench.quality import HeldoutScore
 from var_engine import ModelConfig, Pipeline, TransformerConfig
 from var_engine.data import DigitsDataset
 from var_engine.distillation import Distillation
-from var_engine.evaluator import FeatureExtractor, accuracy
-from var_engine.metrics import batches, frechet_distance
 from var_engine.train_transformer import train_transformer
 from var_engine.training import TrainConfig
 from var_engine.variant import DepthPlan, SupernetPlan, SupernetSchedule
@@ -54,9 +52,7 @@ def main(argv=None) -> None:
     args = parse_args(p, argv)
     settings = {k: v for k, v in vars(args).items() if k not in ("schedules", "fresh", "threads")}
     base = Pipeline.from_pretrained(device=args.device)
-    evaluator = base.components["evaluator"]
-    feats = FeatureExtractor(evaluator)
-    held01 = DigitsDataset("heldout").tensors()[0].add(1).mul(0.5)
+    score = HeldoutScore(base.components["evaluator"])
     t = base.config.tokenizer
     var_cfg = TransformerConfig(depth=args.depth, embed_dim=args.width, num_heads=max(1, args.width // 32),
                                 num_classes=10, vocab_size=t.vocab_size, z_channels=t.z_channels,
@@ -84,9 +80,7 @@ def main(argv=None) -> None:
         plans = [("full", None)] + [(f"d{d}", DepthPlan(args.depth, d, args.switch_scale, t.patch_nums))
                                     for d in subnets]
         for label, lp in plans:
-            images, ys = generate_set(pipe, args.per_class, 1.5, 1000, lp)
-            row[f"{label}_accuracy"] = accuracy(evaluator, images, ys)
-            row[f"{label}_fid"] = frechet_distance(feats, batches(held01), batches(images))
+            row[f"{label}_accuracy"], row[f"{label}_fid"] = score.of_generated(pipe, args.per_class, lp)
         rows.append(row)
         print(row, flush=True)
         write_frontier(rows, args, settings)

@@ -14,13 +14,10 @@ import torch
 
 from bench.common import markdown_table, parse_args, results_dir, write_results
 from bench.plot import line_chart
-from bench.quality import generate_set
+from bench.quality import HeldoutScore
 from bench.sampler import build
-from var_engine.data import DigitsDataset
-from var_engine.sampling import RUNNERS
-from var_engine.evaluator import FeatureExtractor, accuracy
-from var_engine.metrics import batches, frechet_distance
 from var_engine.config import DRAW_METHODS
+from var_engine.sampling import RUNNERS
 from var_engine.variant import DepthPlan
 
 
@@ -72,9 +69,7 @@ def main(argv=None) -> None:
         batch = args.batch if name == "default" else 1
         labels = torch.arange(batch) % pipe.config.num_classes
         quality = name == "default" and "evaluator" in pipe.components
-        if quality:
-            feats = FeatureExtractor(pipe.components["evaluator"])
-            held01 = DigitsDataset("heldout").tensors()[0].add(1).mul(0.5)
+        score = HeldoutScore(pipe.components["evaluator"]) if quality else None
         full_kv = pipe.kv_bytes_per_image(1.5)
         for depth in depths_for(D):
             for switch in (switches if depth < D else [K]):
@@ -89,9 +84,7 @@ def main(argv=None) -> None:
                        "transformer_s_per_image": transformer / batch, "speedup_vs_full": speedup,
                        "transformer_speedup_vs_full": transformer_speedup}
                 if quality:
-                    images, ys = generate_set(pipe, args.per_class, 1.5, 1000, plan, draw=args.draw)
-                    row["accuracy"] = accuracy(pipe.components["evaluator"], images, ys)
-                    row["fid_evaluator"] = frechet_distance(feats, batches(held01), batches(images))
+                    row["accuracy"], row["fid_evaluator"] = score.of_generated(pipe, args.per_class, plan, args.draw)
                 rows.append(row)
                 print(row, flush=True)
         mine = [r for r in rows if r["model"] == name]
