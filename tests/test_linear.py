@@ -88,3 +88,14 @@ def test_auto_resolves_small_layers_to_blas_once():
     assert big.kernel is linear.auto_linear and small.kernel is F.linear
     set_linear_backend(module, "onednn")
     assert big.kernel is small.kernel is linear.onednn_linear
+
+
+def test_inference_gelu_matches_torch_gelu_tanh():
+    from var_engine.transformer import gelu_tanh_
+
+    h = torch.linspace(-30, 30, 100_001)
+    expected = torch.nn.functional.gelu(h, approximate="tanh")
+    assert (gelu_tanh_(h.clone()) - expected).abs().max() < 1e-5
+    w = torch.randn(8, requires_grad=True)  # with autograd it is torch's own op
+    gelu_tanh_(w * 1).sum().backward()
+    assert w.grad is not None

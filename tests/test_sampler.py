@@ -1,4 +1,5 @@
 """Sampler invariants on a small random model."""
+import pytest
 import torch
 
 from var_engine.sampling import sample, top_k_top_p_
@@ -137,6 +138,39 @@ def test_inverse_cdf_draw_follows_the_probabilities():
     expected = n * p
     chi2 = ((counts - expected)[p > 0] ** 2 / expected[p > 0]).sum()
     assert chi2 < 13.8  # 2 degrees of freedom, p = 0.001
+
+
+def test_rejection_draw_follows_the_top_p_distribution():
+    from var_engine.sampling.logits import draw_top_p_by_rejection
+
+    probs = torch.tensor([0.4, 0.3, 0.15, 0.1, 0.04, 0.01])
+    n = 40_000
+    logits = probs.log().expand(1, n, 6).contiguous()
+    tokens = draw_top_p_by_rejection(logits, 0.8, torch.Generator().manual_seed(5))
+    counts = torch.bincount(tokens.flatten(), minlength=6).double()
+    assert counts[3:].sum() == 0  # 0.4 + 0.3 + 0.15 already hold 0.8: the rest is outside the set
+    expected = n * probs[:3].double() / probs[:3].sum()
+    chi2 = ((counts[:3] - expected) ** 2 / expected).sum()
+    assert chi2 < 13.8  # 2 degrees of freedom, p = 0.001
+
+
+@pytest.mark.parametrize("max_rounds", [8, 0])  # 0: every row takes the sorted fallback
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_rejection_draw_stays_in_the_release_top_p_set(max_rounds, per_sample):
+    from var_engine.sampling.logits import draw_top_p_by_rejection
+
+    logits = _logits_of_every_sharpness().view(6, 100, -1)
+    generator = ([torch.Generator().manual_seed(i) for i in range(6)] if per_sample
+                 else torch.Generator().manual_seed(0))
+    for top_p in (0.05, 0.3, 0.96):
+        kept = ~torch.isinf(top_k_top_p_(logits.clone(), top_p=top_p))
+        tokens = draw_top_p_by_rejection(logits, top_p, generator, max_rounds=max_rounds)
+        assert kept.gather(-1, tokens.unsqueeze(-1)).all(), top_p
+    if per_sample:  # a sample's tokens do not depend on the rest of its batch
+        alone = draw_top_p_by_rejection(logits[2:3], 0.3, [torch.Generator().manual_seed(2)], max_rounds=max_rounds)
+        both = draw_top_p_by_rejection(logits, 0.3, [torch.Generator().manual_seed(i) for i in range(6)],
+                                       max_rounds=max_rounds)
+        assert torch.equal(alone[0], both[2])
 
 
 def test_fast_draw_is_seeded_and_per_sample_seeds_stay_independent(tiny_pipeline):

@@ -77,32 +77,88 @@ def top_p_from_candidates_(logits_BlV: torch.Tensor, top_p: float) -> torch.Tens
     return logits_BlV
 
 
+def _uniforms(counts: Sequence[int] | int, generator: Generators, device: torch.device) -> torch.Tensor:
+    """Uniform numbers in [0, 1): `counts` of them from one generator, or counts[i] from generator i."""
+    if not isinstance(generator, Sequence):
+        return torch.rand(int(counts), generator=generator, device=device)
+    parts = [torch.rand(c, generator=g, device=device) for c, g in zip(counts, generator) if c]
+    return torch.cat(parts) if parts else torch.empty(0, device=device)
+
+
+def _inverse_cdf(cdf_NV: torch.Tensor, u_N: torch.Tensor) -> torch.Tensor:
+    """Index of the first cdf entry above u * total in each row (a token of non-zero probability)."""
+    total = cdf_NV[:, -1:]
+    # u * total < total in float32, so the entry found is never past the last non-zero probability
+    return torch.searchsorted(cdf_NV, u_N.unsqueeze(1) * total, right=True).clamp_(max=cdf_NV.shape[1] - 1).squeeze(1)
+
+
 def draw_inverse_cdf(logits_BlV: torch.Tensor, generator: Generators) -> torch.Tensor:
     """One categorical draw per token (B, l) from one uniform number each (inverse CDF).
 
     The same distribution as draw_tokens, which spends V random numbers per token; the tokens a
-    seed gives differ from it.
+    seed gives differ from it. With per-sample generators, sample i uses only generator i.
     """
-    if isinstance(generator, Sequence):
-        return torch.cat([draw_inverse_cdf(logits_BlV[i:i + 1], g) for i, g in enumerate(generator)])
     B, l, V = logits_BlV.shape
     cdf = logits_BlV.float().softmax(dim=-1).view(-1, V).cumsum_(dim=-1)
-    total = cdf[:, -1:]
-    u = torch.rand(total.shape, generator=generator, device=total.device, dtype=total.dtype)
-    # u * total < total in float32, so the first entry above it is a token of non-zero probability
-    return torch.searchsorted(cdf, u * total, right=True).clamp_(max=V - 1).view(B, l)
+    return _inverse_cdf(cdf, _uniforms(B * l if not isinstance(generator, Sequence) else [l] * B,
+                                       generator, cdf.device)).view(B, l)
+
+
+def mass_above(probs_NV: torch.Tensor, p_N: torch.Tensor) -> torch.Tensor:
+    """Per row, the probability mass of the tokens strictly more likely than p_N (one pass, no sort)."""
+    return torch.where(probs_NV > p_N.unsqueeze(1), probs_NV, 0.0).sum(dim=1)
+
+
+def draw_top_p_by_rejection(logits_BlV: torch.Tensor, top_p: float, generator: Generators,
+                            max_rounds: int = 8) -> torch.Tensor:
+    """One token per position (B, l) from the top-p set of each row, without finding that set.
+
+    Draws from the whole distribution by inverse CDF and redraws the rows whose token lies outside
+    the top-p set (the mass of the tokens more likely than it is top_p or more). Accepted tokens
+    follow the distribution renormalised to the top-p set exactly; a round rejects at most
+    1 - top_p of a row's mass. Rows still rejected after `max_rounds` (rare unless top_p is small)
+    take the sorted top-p mask and one more draw. Uniform numbers are spent row by row per
+    round, so with per-sample generators a sample's tokens do not depend on its batch.
+    """
+    B, l, V = logits_BlV.shape
+    if not 0 < top_p < 1:  # 0: off; 1: every token of non-zero probability stays
+        return draw_inverse_cdf(logits_BlV, generator)
+    probs = logits_BlV.float().softmax(dim=-1).view(-1, V)
+    cdf = probs.cumsum(dim=-1)
+    per_sample = isinstance(generator, Sequence)
+    tokens = _inverse_cdf(cdf, _uniforms([l] * B if per_sample else B * l, generator, probs.device))
+    pending = torch.arange(B * l, device=probs.device)
+    for _ in range(max_rounds):
+        p_tok = probs.index_select(0, pending).gather(1, tokens.index_select(0, pending).unsqueeze(1)).squeeze(1)
+        rejected = mass_above(probs.index_select(0, pending), p_tok) >= top_p
+        pending = pending[rejected]
+        if not pending.numel():
+            return tokens.view(B, l)
+        counts = torch.bincount(pending // l, minlength=B).tolist() if per_sample else pending.numel()
+        tokens[pending] = _inverse_cdf(cdf.index_select(0, pending), _uniforms(counts, generator, probs.device))
+    rows = logits_BlV.reshape(-1, V).index_select(0, pending).unsqueeze(0).contiguous()
+    masked = top_p_from_candidates_(rows, top_p).squeeze(0)
+    counts = torch.bincount(pending // l, minlength=B).tolist() if per_sample else pending.numel()
+    tokens[pending] = _inverse_cdf(masked.float().softmax(dim=-1).cumsum_(dim=-1),
+                                   _uniforms(counts, generator, probs.device))
+    return tokens.view(B, l)
 
 
 def filter_and_draw(logits_BlV: torch.Tensor, top_k: int, top_p: float, generator: Generators,
-                    method: str = "release") -> tuple[torch.Tensor, torch.Tensor]:
-    """Filter the guided logits in place and draw one token per position: (tokens (B, l), logits)."""
+                    method: str = "release", filtered: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Filter the guided logits in place and draw one token per position: (tokens (B, l), logits).
+
+    method 'fast' draws without finding the top-p set; filtered=False then also leaves the logits
+    without the top-p mask (set it only when nothing reads them).
+    """
     if method == "release":
         logits_BlV = top_k_top_p_(logits_BlV, top_k, top_p)
         return draw_tokens(logits_BlV, generator), logits_BlV
     if method != "fast":
         raise ValueError(f"draw method must be one of {DRAW_METHODS}, got {method!r}")
-    logits_BlV = top_p_from_candidates_(top_k_top_p_(logits_BlV, top_k, 0.0), top_p)
-    return draw_inverse_cdf(logits_BlV, generator), logits_BlV
+    logits_BlV = top_k_top_p_(logits_BlV, top_k, 0.0)
+    tokens = draw_top_p_by_rejection(logits_BlV, top_p, generator)
+    return tokens, (top_p_from_candidates_(logits_BlV, top_p) if filtered else logits_BlV)
 
 
 def draw_tokens(logits_BlV: torch.Tensor, generator: Generators) -> torch.Tensor:

@@ -154,7 +154,8 @@ def sample(transformer: VARTransformer, quantizer: MultiScaleQuantizer, labels_B
         ratio = si / (K - 1)
         if guided:
             logits = cfg_mix(logits, guidance_scale(settings.cfg, si, K))
-        idx_Bl, logits = filter_and_draw(logits, settings.top_k, settings.top_p, generator, settings.draw)
+        idx_Bl, logits = filter_and_draw(logits, settings.top_k, settings.top_p, generator, settings.draw,
+                                         filtered=bool(hooks) or settings.more_smooth)
         if settings.more_smooth:
             h = gumbel_smooth(logits, ratio, quantizer.embedding.weight, generator)  # (B, l, C)
             h_BChw = h.transpose(1, 2).reshape(-1, cfg_t.z_channels, pn, pn)
