@@ -1,8 +1,8 @@
 """Token drawing, 'release' vs 'fast', side by side on the same model, batch and depth plan.
 
 'release' repeats the official code's top-p (a full sort per token) and multinomial draw (V random
-numbers per token); 'fast' keeps the same tokens from a partial top-k and draws from one uniform
-number per token. Reports s/image for both (interleaved runs), the speed-up, and for the default
+numbers per token); 'fast' draws from the whole distribution by inverse CDF (one uniform number per
+token) and redraws the tokens that fall outside the top-p set, so it never sorts. Reports s/image for both (interleaved runs), the speed-up, and for the default
 model the evaluator's accuracy and FID-style distance of each (same seeds). Writes
 bench/results/<out-name>.{json,md,png}.
 

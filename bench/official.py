@@ -1,7 +1,8 @@
 """Side by side with the official VAR code: the same random-initialised official-layout model
 (var-engine's weights copied into the official modules by state dict, names unchanged), the same
 labels and seeds. Checks that both produce the same images (same tokens), then reports the
-end-to-end speed ratio and the KV-cache memory ratio.
+end-to-end speed ratio, the KV-cache memory ratio, and the decoders side by side: the official
+`fhat_to_img` and var-engine's `fhat_to_images` on the same latents, timed interleaved.
 
 The official code is not part of var-engine: pass the path of your own checkout
 (git clone https://github.com/FoundationVision/VAR); it is imported from there, never copied.
@@ -51,6 +52,26 @@ def load_official(official_dir: Path, pipe, fast_kernels: bool = False):
     vae.load_state_dict({k: x.contiguous() for k, x in pipe.tokenizer.state_dict().items()})
     var.load_state_dict(pipe.transformer.state_dict())
     return vae.eval(), var.eval()
+
+
+def time_decoders(vae, pipe, f_hat: torch.Tensor, repeats: int, precision: str) -> tuple[float, float, float]:
+    """Median seconds of the official decoder and of var-engine's on the same f_hat (interleaved runs,
+    after one warm-up each), and the largest difference between their images."""
+    device = f_hat.device
+    official, ours = [], []
+    with torch.no_grad(), pipe.autocast(precision):
+        for r in range(repeats + 1):
+            sync(device)
+            t0 = time.perf_counter()
+            theirs = vae.fhat_to_img(f_hat)
+            sync(device)
+            t1 = time.perf_counter()
+            mine = pipe.tokenizer.fhat_to_images(f_hat)
+            sync(device)
+            if r:
+                official.append(t1 - t0)
+                ours.append(time.perf_counter() - t1)
+    return statistics.median(official), statistics.median(ours), (theirs.float() - mine.float()).abs().max().item()
 
 
 class OfficialKVMeter:
@@ -117,6 +138,8 @@ def main(argv=None) -> None:
             theirs.append(time.perf_counter() - t0)
             kv_theirs = meter.peak
             diff = (images.float() - out.images).abs().max().item()
+        f_hat = pipe.tokenizer.tokens_to_fhat(out.tokens)
+        dec_theirs, dec_ours, dec_diff = time_decoders(vae, pipe, f_hat, args.repeats, args.precision)
         # the official caches are grown by torch.cat and cleared when sampling ends; the meter sees
         # them at their largest, after the last scale (not the transient copy made by each cat)
         rows.append({"model": args.model, "device": str(device), "precision": args.precision, "runner": args.runner,
@@ -124,7 +147,9 @@ def main(argv=None) -> None:
                      "var_engine_s_per_image": statistics.median(ours) / batch,
                      "speedup": statistics.median(theirs) / statistics.median(ours),
                      "kv_bytes_official": kv_theirs, "kv_bytes_var_engine": kv_ours,
-                     "memory_ratio": kv_theirs / kv_ours, "max_image_diff": diff, "same_images": diff < 1e-3})
+                     "memory_ratio": kv_theirs / kv_ours, "max_image_diff": diff, "same_images": diff < 1e-3,
+                     "official_decode_s_per_image": dec_theirs / batch, "var_engine_decode_s_per_image": dec_ours / batch,
+                     "decode_speedup": dec_theirs / dec_ours, "decode_max_diff": dec_diff})
         print(rows[-1], flush=True)
     suffix = "" if device.type == "cpu" else f"_{device.type}_{args.precision}_{args.runner}"
     write_results(args.out_name or f"official_{args.model}{suffix}", {"rows": rows, "official_dir": str(args.official_dir)},

@@ -51,8 +51,9 @@ def main(argv=None) -> None:
     p.add_argument("--models", default="default,d16")
     p.add_argument("--switch-scales", default="", help="comma list (default: the model's own, and for the "
                                                         "default model 3,4,5)")
+    p.add_argument("--depths", default="", help="comma list of subnet depths (default: D, D/2, D/4 and 2)")
     p.add_argument("--batch", type=int, default=16, help="batch for timing the default model (d16: 1)")
-    p.add_argument("--per-class", type=int, default=50, help="images per class for quality (default model)")
+    p.add_argument("--per-class", type=int, default=50, help="images per class for quality (default model; 0: skip)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--runner", default="eager", choices=RUNNERS,
                    help="how scale steps execute (the same for the full network and the subnets)")
@@ -68,10 +69,11 @@ def main(argv=None) -> None:
                     ([3, 4, 5] if name == "default" else [pipe.default_switch_scale()]))
         batch = args.batch if name == "default" else 1
         labels = torch.arange(batch) % pipe.config.num_classes
-        quality = name == "default" and "evaluator" in pipe.components
+        quality = name == "default" and "evaluator" in pipe.components and args.per_class > 0
         score = HeldoutScore(pipe.components["evaluator"]) if quality else None
         full_kv = pipe.kv_bytes_per_image(1.5)
-        for depth in depths_for(D):
+        depths = sorted({int(d) for d in args.depths.split(",") if d} | {D}, reverse=True) if args.depths else depths_for(D)
+        for depth in depths:
             for switch in (switches if depth < D else [K]):
                 plan = None if depth == D else DepthPlan(D, depth, switch, pipe.config.patch_nums)
                 (total, transformer, measured), (speedup, transformer_speedup) = timed_against_full(

@@ -170,3 +170,5 @@ def test_official_side_by_side(tmp_path, monkeypatch):
     assert all(r["same_images"] for r in measured)
     # fp32: both caches hold the same keys and values at their largest (official's read from its modules)
     assert all(r["kv_bytes_official"] == r["kv_bytes_var_engine"] > 0 for r in measured)
+    # the two decoders turn the same latents into the same images
+    assert all(r["decode_max_diff"] < 1e-3 and r["official_decode_s_per_image"] > 0 for r in measured)

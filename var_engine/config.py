@@ -161,7 +161,8 @@ class TransformerConfig:
 
 
 # "release": the official code's top-p arithmetic and multinomial draw (its tokens for a seed);
-# "fast": the same distribution from a partial top-k and one uniform number per token
+# "fast": the same distribution, drawn by inverse CDF from the whole vocabulary with rows outside
+# the top-p set redrawn (no sort), one uniform number per token and round
 DRAW_METHODS = ("release", "fast")
 
 
