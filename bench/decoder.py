@@ -1,5 +1,5 @@
 """VQVAE decode speed under each decoder setting: memory format, sub-pixel upsampling, precision and
-(on CUDA) cuDNN autotuning, against the decoder's FLOP floor; optionally the profiler's top ops.
+(on CUDA) cuDNN autotuning and the group norms' channels-last path, against the decoder's FLOP floor; optionally the profiler's top ops.
 Prints a table, writes bench/results/<out-name>.{json,md}.
 
 Usage: python -m bench.decoder [--models default,d16] [--batches 1,4] [--precisions fp32]
@@ -28,9 +28,10 @@ class DecoderSetting:
     channels_last: bool
     subpixel: bool
     cudnn_benchmark: bool
+    group_norm: str = "auto"  # see var_engine.tokenizer.vqvae.GROUP_NORM_LAYOUTS
 
     def apply(self, pipe: Pipeline) -> None:
-        pipe.tokenizer.set_channels_last(self.channels_last)
+        pipe.tokenizer.set_channels_last(self.channels_last).set_group_norm_layout(self.group_norm)
         for m in pipe.tokenizer.decoder.modules():
             if isinstance(m, Upsample2x):
                 m.subpixel = self.subpixel
@@ -38,12 +39,15 @@ class DecoderSetting:
 
 
 def settings_for(device: torch.device, precisions: list[str]) -> list[DecoderSetting]:
-    """The engine's default first (channels-last, sub-pixel, no autotuning), then every other combination."""
-    tune = (False, True) if device.type == "cuda" else (False,)
-    combos = [DecoderSetting(p, cl, sp, cb) for p in precisions
-              for cl, sp, cb in itertools.product((True, False), (True, False), tune)]
+    """The engine's default first (channels-last, sub-pixel, no autotuning, group norm 'auto'), then every
+    other combination; on CUDA channels-last settings also run with group norm 'native' and 'keep'."""
+    cuda = device.type == "cuda"
+    tune = (False, True) if cuda else (False,)
+    combos = [DecoderSetting(p, cl, sp, cb, gn) for p in precisions
+              for cl, sp, cb in itertools.product((True, False), (True, False), tune)
+              for gn in (("auto", "native", "keep") if cuda and cl else ("auto",))]
     return sorted(combos, key=lambda s: (s.precision != precisions[0], not s.channels_last, not s.subpixel,
-                                         s.cudnn_benchmark))
+                                         s.cudnn_benchmark, s.group_norm != "auto"))
 
 
 def time_decode(pipe: Pipeline, f_hat: torch.Tensor, setting: DecoderSetting, repeats: int) -> float:
@@ -110,7 +114,7 @@ def main(argv=None) -> None:
             settings[0].apply(pipe)
     finally:
         torch.backends.cudnn.benchmark = benchmark_before
-    cols = ["model", "batch", "precision", "channels_last", "subpixel", "cudnn_benchmark", "ms_per_image",
+    cols = ["model", "batch", "precision", "channels_last", "subpixel", "cudnn_benchmark", "group_norm", "ms_per_image",
             "speedup_vs_default", "x_floor"]
     table = (f"Decoder on {device.type} (median of {args.repeats} after a warm-up; floor: decoder FLOPs over the "
              f"measured matmul rate; first row of each shape is the engine's default)\n\n" + markdown_table(rows, cols))

@@ -42,7 +42,7 @@ step 180 sampler_bf16 python -m bench.sampler --device cuda --models d16,d20,d30
   --precision bf16 --runners eager,cuda-graphs --no-reference --repeats 3 --profile --out-name sampler_gpu_bf16
 step 90 sampler_fp32 python -m bench.sampler --device cuda --models d16 --batches 1,64 \
   --precision fp32 --runners eager,cuda-graphs --repeats 3 --out-name sampler_gpu_fp32
-step 120 decoder python -m bench.decoder --device cuda --models d16 --batches 1,64 --precisions bf16,fp32 \
+step 180 decoder python -m bench.decoder --device cuda --models d16 --batches 1,64 --precisions bf16,fp32 \
   --repeats 3 --profile --out-name decoder_gpu
 step 90 draw python -m bench.draw --device cuda --models d16 --layout-batches 1,64 --precision bf16 \
   --per-class 0 --repeats 3 --out-name draw_gpu

@@ -64,3 +64,38 @@ def test_cpu_decode_in_micro_batches_equals_one_call():
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
     tok.cpu_decode_chunk_bytes = None
     assert tok.decode_chunk(5, cpu) == 5
+
+
+@pytest.mark.parametrize("shape, groups", [((2, 32, 5, 7), 8), ((3, 16, 4, 4), 16), ((1, 12, 1, 1), 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_channels_last_group_norm_equals_native(shape, groups, dtype):
+    from var_engine.tokenizer.vqvae import group_norm_channels_last
+
+    torch.manual_seed(0)
+    x = (torch.randn(shape) * 3 + 1).to(dtype).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(shape[1]), torch.randn(shape[1])
+    out = group_norm_channels_last(x, groups, weight, bias, 1e-6)
+    assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
+    reference = F.group_norm(x.float(), groups, weight, bias, 1e-6)
+    tol = 1e-5 if dtype == torch.float32 else 5e-2
+    torch.testing.assert_close(out.float(), reference, atol=tol, rtol=tol)
+
+
+def test_decoder_group_norm_layouts_decode_the_same_images(monkeypatch):
+    from var_engine.tokenizer import vqvae
+
+    calls = []
+    own = vqvae.group_norm_channels_last
+    monkeypatch.setattr(vqvae, "group_norm_channels_last", lambda *a: calls.append(1) or own(*a))
+    torch.manual_seed(0)
+    cfg = TokenizerConfig(ch=16, ch_mult=(1, 2), num_res_blocks=1, norm_groups=8, z_channels=4, vocab_size=32,
+                          patch_nums=(1, 2, 4))
+    tok = Tokenizer(cfg).eval().set_channels_last(True)
+    f_hat = torch.randn(3, 4, 4, 4)
+    with torch.no_grad():
+        images = {layout: tok.set_group_norm_layout(layout).fhat_to_images(f_hat) for layout in ("auto", "native", "keep")}
+    assert torch.equal(images["auto"], images["native"])  # the CPU kernel keeps channels-last by itself
+    assert len(calls) == sum(isinstance(m, vqvae.LayoutGroupNorm) for m in tok.decoder.modules())  # 'keep' only
+    torch.testing.assert_close(images["keep"], images["native"], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="layout"):
+        tok.set_group_norm_layout("nhwc")

@@ -9,7 +9,7 @@ from torch import nn
 from ..config import TokenizerConfig
 from ..errors import InputError
 from .quantizer import MultiScaleQuantizer
-from .vqvae import Decoder, Encoder
+from .vqvae import GROUP_NORM_LAYOUTS, Decoder, Encoder, LayoutGroupNorm
 
 
 @dataclass
@@ -43,6 +43,15 @@ class Tokenizer(nn.Module):
         self.decoder.to(memory_format=fmt)
         self.post_quant_conv.to(memory_format=fmt)
         self.decode_channels_last = enabled
+        return self
+
+    def set_group_norm_layout(self, layout: str = "auto") -> "Tokenizer":
+        """How the decoder's group norms treat channels-last inputs: one of GROUP_NORM_LAYOUTS."""
+        if layout not in GROUP_NORM_LAYOUTS:
+            raise ValueError(f"group norm layout must be one of {GROUP_NORM_LAYOUTS}, got {layout!r}")
+        for m in self.decoder.modules():
+            if isinstance(m, LayoutGroupNorm):
+                m.layout = layout
         return self
 
     @property

@@ -4,6 +4,8 @@ Module names follow the official release so that its state dicts load unchanged.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,8 +13,55 @@ from torch import nn
 from ..config import TokenizerConfig
 
 
+GROUP_NORM_LAYOUTS = ("auto", "native", "keep")
+
+
+class LayoutGroupNorm(nn.GroupNorm):
+    """nn.GroupNorm (same parameters) that can keep a channels-last input channels-last.
+
+    Where the native kernel returns a channels-first tensor for a channels-last input (CUDA in
+    some PyTorch versions: each norm then costs two layout conversions), the 'keep' path computes
+    the same normalisation from float32 statistics of the channels-last view, with the output in
+    the input's dtype and layout. layout: 'auto' (keep where the native op would not), 'native'
+    or 'keep'. Inference only; training and other inputs always use the native op.
+    """
+
+    layout = "auto"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.layout != "native" and x.dim() == 4 and not torch.is_grad_enabled()
+                and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+                and (self.layout == "keep" or not native_group_norm_keeps_layout(x.device))):
+            return group_norm_channels_last(x, self.num_groups, self.weight, self.bias, self.eps)
+        return super().forward(x)
+
+
+def group_norm_channels_last(x: torch.Tensor, groups: int, weight: torch.Tensor | None,
+                             bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """F.group_norm of a channels-last (B, C, H, W) tensor, returned channels-last in x's dtype."""
+    B, C, H, W = x.shape
+    grouped = x.permute(0, 2, 3, 1).reshape(B, H * W, groups, C // groups)  # a view of channels-last memory
+    var, mean = torch.var_mean(grouped.float(), dim=(1, 3), correction=0)  # (B, G)
+    rstd = (var + eps).rsqrt()
+    scale = rstd.unsqueeze(-1).expand(B, groups, C // groups).reshape(B, C)
+    if weight is not None:
+        scale = scale * weight.float()
+    shift = -mean.repeat_interleave(C // groups, dim=1) * scale
+    if bias is not None:
+        shift = shift + bias.float()
+    return torch.addcmul(shift.to(x.dtype).view(B, C, 1, 1), x, scale.to(x.dtype).view(B, C, 1, 1))
+
+
+@functools.lru_cache(maxsize=None)
+def native_group_norm_keeps_layout(device: torch.device) -> bool:
+    """Whether F.group_norm returns channels-last output for channels-last input on `device`."""
+    x = torch.ones(1, 4, 2, 2, device=device).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        return F.group_norm(x, 2).is_contiguous(memory_format=torch.channels_last)
+
+
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
+    return LayoutGroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
 
 # Nearest 2x upsampling followed by a 3x3 convolution equals, for each of the four output phases,
