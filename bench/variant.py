@@ -31,19 +31,35 @@ def _once(pipe, labels, plan, seed: int, draw: str = "release") -> tuple[float, 
     return time.perf_counter() - t0, out.stats.transformer_seconds, out.stats.kv_bytes
 
 
-def timed_against_full(pipe, labels, plan, repeats: int,
-                       draw: str = "release") -> tuple[tuple[float, float, int], tuple[float, float]]:
-    """Median (seconds, transformer seconds, KV bytes) of `plan`, and its speed-ups over the full network
+def timed_against_full(pipe, labels, plan, repeats: int, draw: str = "release"
+                       ) -> tuple[tuple[float, float, int], tuple[float, float], tuple[float, float]]:
+    """Median (seconds, transformer seconds, KV bytes) of `plan`, its speed-ups over the full network
     (end to end, token generation alone) from runs interleaved with the full network's (drifts of a
-    shared machine hit both alike)."""
+    shared machine hit both alike), and the full network's median (seconds, transformer seconds)."""
     _once(pipe, labels, plan, 0, draw)  # warm-up (and compilation for the compile runner)
     runs, full = [], []
     for r in range(repeats):
         full.append(_once(pipe, labels, None, r, draw))
         runs.append(_once(pipe, labels, plan, r, draw))
     median = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs), runs[0][2])
-    speedups = (statistics.median(f[0] for f in full) / median[0], statistics.median(f[1] for f in full) / median[1])
-    return median, speedups
+    full_median = (statistics.median(f[0] for f in full), statistics.median(f[1] for f in full))
+    return median, (full_median[0] / median[0], full_median[1] / median[1]), full_median
+
+
+def transformer_flops(cfg, plan: DepthPlan | None) -> float:
+    """Multiply-adds of the blocks per image (one CFG half): linear layers plus attention over the
+    block-causal context, summed over scales with the layers the plan runs at each."""
+    C, total = cfg.embed_dim, 0.0
+    for si, (begin, end) in enumerate(cfg.scale_ranges()):
+        layers = cfg.depth if plan is None or plan.layers(si) is None else len(plan.layers(si))
+        total += layers * (end - begin) * ((4 + 2 * cfg.mlp_ratio) * C * C + 2 * C * end)
+    return total
+
+
+def speedup_at_flop_ratio(full_seconds: float, full_token_seconds: float, flop_fraction: float) -> float:
+    """The end-to-end speed-up a plan would reach if all of token generation scaled with its transformer
+    FLOPs (flop_fraction of the full network's) and the rest (the decoder) stayed as it is."""
+    return full_seconds / (full_seconds - full_token_seconds + full_token_seconds * flop_fraction)
 
 
 def main(argv=None) -> None:
@@ -76,15 +92,18 @@ def main(argv=None) -> None:
         for depth in depths:
             for switch in (switches if depth < D else [K]):
                 plan = None if depth == D else DepthPlan(D, depth, switch, pipe.config.patch_nums)
-                (total, transformer, measured), (speedup, transformer_speedup) = timed_against_full(
-                    pipe, labels, plan, args.repeats, args.draw)
+                (total, transformer, measured), (speedup, transformer_speedup), (full_s, full_tokens_s) = \
+                    timed_against_full(pipe, labels, plan, args.repeats, args.draw)
+                flop_fraction = (transformer_flops(pipe.config.transformer, plan)
+                                 / transformer_flops(pipe.config.transformer, None))
                 analytic = batch * pipe.kv_bytes_per_image(1.5, plan)
                 row = {"model": name, "runner": args.runner, "draw": args.draw, "depth": depth,
                        "switch_scale": switch, "batch": batch,
                        "kv_bytes_per_image": analytic // batch, "kv_measured_vs_analytic": measured / analytic,
                        "kv_saving_vs_full": 1 - analytic / (batch * full_kv), "s_per_image": total / batch,
                        "transformer_s_per_image": transformer / batch, "speedup_vs_full": speedup,
-                       "transformer_speedup_vs_full": transformer_speedup}
+                       "transformer_speedup_vs_full": transformer_speedup, "flop_fraction": flop_fraction,
+                       "speedup_at_flop_ratio": speedup_at_flop_ratio(full_s, full_tokens_s, flop_fraction)}
                 if quality:
                     row["accuracy"], row["fid_evaluator"] = score.of_generated(pipe, args.per_class, plan, args.draw)
                 rows.append(row)
@@ -105,14 +124,16 @@ def main(argv=None) -> None:
                        "subnet depth", "FID-style", series)
     cols = ["model", "runner", "draw", "depth", "switch_scale", "batch", "kv_bytes_per_image", "kv_saving_vs_full",
             "kv_measured_vs_analytic", "s_per_image", "transformer_s_per_image", "speedup_vs_full",
-            "transformer_speedup_vs_full", "accuracy",
+            "transformer_speedup_vs_full", "flop_fraction", "speedup_at_flop_ratio", "accuracy",
             "fid_evaluator"]
     write_results(args.out_name, {"rows": rows, "per_class": args.per_class, "repeats": args.repeats,
                                   "batch": args.batch},
                   f"VARiant depth plans (cfg 1.5, runner {args.runner}, draw {args.draw}, {torch.get_num_threads()} "
                   "thread(s); d16 has random weights, so only memory and speed; speed-ups from runs interleaved "
                   "with the full network's, end to end and for token generation alone (transformer and "
-                  "sampling, without the decoder))\n\n"
+                  "sampling, without the decoder); speedup_at_flop_ratio: the end-to-end speed-up if all of token "
+                  "generation scaled with the plan's transformer FLOPs (flop_fraction of the full network's) "
+                  "and the decoder stayed as measured)\n\n"
                   + markdown_table(rows, cols))
 
 
