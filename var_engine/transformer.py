@@ -30,7 +30,7 @@ def gelu_tanh_(h: torch.Tensor) -> torch.Tensor:
     """GELU (tanh form) of a tensor nothing else reads, for CPU inference; else F.gelu.
 
     0.5 h (1 + tanh(z)) = h sigmoid(2z): PyTorch's CPU sigmoid is about 3x faster than its tanh, so
-    this runs in about half the time of F.gelu(approximate='tanh'); results within 5e-7.
+    this runs in about half the time of F.gelu(approximate='tanh'), equal up to float rounding.
     """
     if h.device.type != "cpu" or h.requires_grad or torch.compiler.is_compiling():
         return F.gelu(h, approximate="tanh")
@@ -42,7 +42,6 @@ class FFN(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1 = Linear(dim, hidden)
-        self.act = nn.GELU(approximate="tanh")
         self.fc2 = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

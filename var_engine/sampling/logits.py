@@ -126,21 +126,23 @@ def draw_top_p_by_rejection(logits_BlV: torch.Tensor, top_p: float, generator: G
     probs = logits_BlV.float().softmax(dim=-1).view(-1, V)
     cdf = probs.cumsum(dim=-1)
     per_sample = isinstance(generator, Sequence)
-    tokens = _inverse_cdf(cdf, _uniforms([l] * B if per_sample else B * l, generator, probs.device))
+
+    def draw(rows: torch.Tensor, cdf_rows: torch.Tensor) -> torch.Tensor:
+        """Tokens for flat rows `rows` (ascending), uniforms taken per sample in row order."""
+        counts = torch.bincount(rows // l, minlength=B).tolist() if per_sample else rows.numel()
+        return _inverse_cdf(cdf_rows, _uniforms(counts, generator, probs.device))
+
     pending = torch.arange(B * l, device=probs.device)
+    tokens = draw(pending, cdf)
     for _ in range(max_rounds):
-        p_tok = probs.index_select(0, pending).gather(1, tokens.index_select(0, pending).unsqueeze(1)).squeeze(1)
-        rejected = mass_above(probs.index_select(0, pending), p_tok) >= top_p
-        pending = pending[rejected]
+        rows = probs.index_select(0, pending)
+        p_tok = rows.gather(1, tokens.index_select(0, pending).unsqueeze(1)).squeeze(1)
+        pending = pending[mass_above(rows, p_tok) >= top_p]
         if not pending.numel():
             return tokens.view(B, l)
-        counts = torch.bincount(pending // l, minlength=B).tolist() if per_sample else pending.numel()
-        tokens[pending] = _inverse_cdf(cdf.index_select(0, pending), _uniforms(counts, generator, probs.device))
-    rows = logits_BlV.reshape(-1, V).index_select(0, pending).unsqueeze(0).contiguous()
-    masked = top_p_from_candidates_(rows, top_p).squeeze(0)
-    counts = torch.bincount(pending // l, minlength=B).tolist() if per_sample else pending.numel()
-    tokens[pending] = _inverse_cdf(masked.float().softmax(dim=-1).cumsum_(dim=-1),
-                                   _uniforms(counts, generator, probs.device))
+        tokens[pending] = draw(pending, cdf.index_select(0, pending))
+    masked = top_p_from_candidates_(logits_BlV.reshape(-1, V).index_select(0, pending).unsqueeze(0), top_p)
+    tokens[pending] = draw(pending, masked.squeeze(0).float().softmax(dim=-1).cumsum_(dim=-1))
     return tokens.view(B, l)
 
 
