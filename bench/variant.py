@@ -13,6 +13,7 @@ import time
 import torch
 
 from bench.common import markdown_table, parse_args, results_dir, write_results
+from bench.floor import transformer_step_costs
 from bench.plot import line_chart
 from bench.quality import HeldoutScore
 from bench.sampler import build
@@ -47,13 +48,10 @@ def timed_against_full(pipe, labels, plan, repeats: int, draw: str = "release"
 
 
 def transformer_flops(cfg, plan: DepthPlan | None) -> float:
-    """Multiply-adds of the blocks per image (one CFG half): linear layers plus attention over the
-    block-causal context, summed over scales with the layers the plan runs at each."""
-    C, total = cfg.embed_dim, 0.0
-    for si, (begin, end) in enumerate(cfg.scale_ranges()):
-        layers = cfg.depth if plan is None or plan.layers(si) is None else len(plan.layers(si))
-        total += layers * (end - begin) * ((4 + 2 * cfg.mlp_ratio) * C * C + 2 * C * end)
-    return total
+    """FLOPs of one image's scale steps (blocks with attention, word embedding, head) with the layers
+    the plan runs at each scale."""
+    return sum(transformer_step_costs(cfg, 1, si, None if plan is None or plan.layers(si) is None
+                                      else len(plan.layers(si)))[0] for si in range(cfg.num_scales))
 
 
 def speedup_at_flop_ratio(full_seconds: float, full_token_seconds: float, flop_fraction: float) -> float:
