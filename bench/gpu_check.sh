@@ -4,12 +4,14 @@
 # the sampler's GPU mode (runners vs the physical floor, eager top ops), the decoder's settings with
 # the profiler's top ops, torch.compile per block; with WITH_COMPILE=1 also whole steps under
 # 'reduce-overhead' (VAR-d16 took over 150 s to compile that way on an H200), and with FRONTIER_STEPS
-# set, the supernet schedule frontier at that many steps.
+# set, the supernet schedule frontier at that many steps (FRONTIER_SCHEDULES picks the schedules; with
+# FRONTIER_RESUME=1 those already in bench/results/supernet_frontier.json are not trained again).
 # Results (JSON + markdown + logs) go to $OUT (default bench/results/gpu); with ARCHIVE=path.tgz
 # they are also packed into one archive after every step, so a run cut short keeps what finished.
 #
 #   OUT=bench/results/gpu OFFICIAL_DIR=../VAR bash bench/gpu_check.sh
 #   FRONTIER_STEPS=1000 WITH_COMPILE=1 bash bench/gpu_check.sh
+#   FRONTIER_STEPS=1000 FRONTIER_RESUME=1 bash bench/gpu_check.sh   # adds progressive:0.2,0.7,0.1 only
 set -u
 OUT=${OUT:-bench/results/gpu}
 OFFICIAL_DIR=${OFFICIAL_DIR:-.official}
@@ -55,8 +57,14 @@ if [ -n "${WITH_COMPILE:-}" ]; then
     --out-name sampler_gpu_compile_graphs
 fi
 if [ -n "${FRONTIER_STEPS:-}" ]; then
+  # with FRONTIER_RESUME=1 the committed table is copied first: schedules it already holds with the
+  # same settings are skipped, so only new ones train (about 50 s each at 1,000 steps on an H200)
+  if [ -n "${FRONTIER_RESUME:-}" ] && [ -f bench/results/supernet_frontier.json ]; then
+    cp bench/results/supernet_frontier.json "$OUT/"
+  fi
   step "${FRONTIER_SECONDS:-1800}" frontier python -m bench.supernet_frontier --device cuda --steps "$FRONTIER_STEPS" \
-    --per-class "${FRONTIER_PER_CLASS:-50}"
+    --per-class "${FRONTIER_PER_CLASS:-100}" \
+    --schedules "${FRONTIER_SCHEDULES:-progressive,fixed:0.5,fixed:0.2,fixed:0.8,progressive+distill,progressive:0.2,0.7,0.1}"
 fi
 log done
 pack

@@ -12,6 +12,9 @@ skips the schedules already measured (--fresh starts over), so an interrupted ru
 A schedule name may end in "+distill" or "+distill:W": the same schedule with in-place distillation
 (subnet steps learn the full network's distribution with weight W, default 1).
 
+A progressive schedule may carry its own stage ratios and boundaries, as in `var-engine train
+--schedule`: "progressive:0.2,0.7,0.1" anneals back toward full-depth steps in its last stage.
+
 Usage: python -m bench.supernet_frontier --device cuda [--schedules progressive,fixed:0.5,fixed:0.2,fixed:0.8,progressive+distill]
        [--steps 3000] [--batch-size 256] [--depth 8] [--width 128] [--subnets 4,2] [--switch-scale 4]
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import tempfile
 
 import torch
@@ -32,6 +36,12 @@ from var_engine.distillation import Distillation
 from var_engine.train_transformer import train_transformer
 from var_engine.training import TrainConfig
 from var_engine.variant import DepthPlan, SupernetPlan, SupernetSchedule
+
+
+def split_schedules(text: str) -> list[str]:
+    """'progressive,progressive:0.2,0.7,0.1,fixed:0.5' -> one name per schedule (a comma starts a new
+    schedule only where 'progressive' or 'fixed' follows, so stage ratios may contain commas)."""
+    return [name for name in re.split(r",(?=progressive|fixed)", text) if name]
 
 
 def main(argv=None) -> None:
@@ -59,7 +69,7 @@ def main(argv=None) -> None:
                                 patch_nums=t.patch_nums)
     model_cfg = ModelConfig(t, var_cfg)
     rows = [] if args.fresh else previous_rows(args.out_name, settings)
-    for name in args.schedules.split(","):
+    for name in split_schedules(args.schedules):
         if any(r["schedule"] == name for r in rows):
             print(f"{name}: measured by an earlier run with these settings, skipped", flush=True)
             continue

@@ -135,6 +135,13 @@ def test_memory_and_speed_smoke(results):
     assert (results / "memory.png").is_file() and (results / "speed.png").is_file()
 
 
+def test_frontier_schedule_lists_keep_stage_ratios_together():
+    from bench.supernet_frontier import split_schedules
+
+    assert split_schedules("progressive,progressive:0.2,0.7,0.1@0.3,0.8,fixed:0.5,progressive+distill:0.5") == [
+        "progressive", "progressive:0.2,0.7,0.1@0.3,0.8", "fixed:0.5", "progressive+distill:0.5"]
+
+
 def test_supernet_frontier_smoke_and_resume(results, capsys):
     from bench import supernet_frontier
 
