@@ -2,8 +2,9 @@
 
 'release' repeats the official code's top-p (a full sort per token) and multinomial draw (V random
 numbers per token); 'fast' draws from the whole distribution by inverse CDF (one uniform number per
-token) and redraws the tokens that fall outside the top-p set, so it never sorts. Reports s/image for both (interleaved runs), the speed-up, and for the default
-model the evaluator's accuracy and FID-style distance of each (same seeds). Writes
+token) and redraws the tokens that fall outside the top-p set, so it never sorts. Reports s/image
+for both (interleaved runs), the speed-up, and for the default model the evaluator's accuracy and
+FID-style distance of each (same seeds). Writes
 bench/results/<out-name>.{json,md,png}.
 
 Usage: python -m bench.draw [--models default,d16] [--batches 1,16,64] [--per-class 100] [--threads 1]

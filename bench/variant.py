@@ -86,14 +86,14 @@ def main(argv=None) -> None:
         quality = name == "default" and "evaluator" in pipe.components and args.per_class > 0
         score = HeldoutScore(pipe.components["evaluator"]) if quality else None
         full_kv = pipe.kv_bytes_per_image(1.5)
+        full_flops = transformer_flops(pipe.config.transformer, None)
         depths = sorted({int(d) for d in args.depths.split(",") if d} | {D}, reverse=True) if args.depths else depths_for(D)
         for depth in depths:
             for switch in (switches if depth < D else [K]):
                 plan = None if depth == D else DepthPlan(D, depth, switch, pipe.config.patch_nums)
                 (total, transformer, measured), (speedup, transformer_speedup), (full_s, full_tokens_s) = \
                     timed_against_full(pipe, labels, plan, args.repeats, args.draw)
-                flop_fraction = (transformer_flops(pipe.config.transformer, plan)
-                                 / transformer_flops(pipe.config.transformer, None))
+                flop_fraction = transformer_flops(pipe.config.transformer, plan) / full_flops
                 analytic = batch * pipe.kv_bytes_per_image(1.5, plan)
                 row = {"model": name, "runner": args.runner, "draw": args.draw, "depth": depth,
                        "switch_scale": switch, "batch": batch,

@@ -98,10 +98,7 @@ def draw_inverse_cdf(logits_BlV: torch.Tensor, generator: Generators) -> torch.T
     The same distribution as draw_tokens, which spends V random numbers per token; the tokens a
     seed gives differ from it. With per-sample generators, sample i uses only generator i.
     """
-    B, l, V = logits_BlV.shape
-    cdf = logits_BlV.float().softmax(dim=-1).view(-1, V).cumsum_(dim=-1)
-    return _inverse_cdf(cdf, _uniforms(B * l if not isinstance(generator, Sequence) else [l] * B,
-                                       generator, cdf.device)).view(B, l)
+    return draw_top_p_by_rejection(logits_BlV, 1.0, generator)
 
 
 def mass_above(probs_NV: torch.Tensor, p_N: torch.Tensor) -> torch.Tensor:
@@ -121,8 +118,6 @@ def draw_top_p_by_rejection(logits_BlV: torch.Tensor, top_p: float, generator: G
     round, so with per-sample generators a sample's tokens do not depend on its batch.
     """
     B, l, V = logits_BlV.shape
-    if not 0 < top_p < 1:  # 0: off; 1: every token of non-zero probability stays
-        return draw_inverse_cdf(logits_BlV, generator)
     probs = logits_BlV.float().softmax(dim=-1).view(-1, V)
     cdf = probs.cumsum(dim=-1)
     per_sample = isinstance(generator, Sequence)
@@ -134,6 +129,8 @@ def draw_top_p_by_rejection(logits_BlV: torch.Tensor, top_p: float, generator: G
 
     pending = torch.arange(B * l, device=probs.device)
     tokens = draw(pending, cdf)
+    if not 0 < top_p < 1:  # 0: off; 1: every token of non-zero probability stays
+        return tokens.view(B, l)
     for _ in range(max_rounds):
         rows = probs.index_select(0, pending)
         p_tok = rows.gather(1, tokens.index_select(0, pending).unsqueeze(1)).squeeze(1)

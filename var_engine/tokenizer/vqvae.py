@@ -40,15 +40,16 @@ def group_norm_channels_last(x: torch.Tensor, groups: int, weight: torch.Tensor 
                              bias: torch.Tensor | None, eps: float) -> torch.Tensor:
     """F.group_norm of a channels-last (B, C, H, W) tensor, returned channels-last in x's dtype."""
     B, C, H, W = x.shape
-    grouped = x.permute(0, 2, 3, 1).reshape(B, H * W, groups, C // groups)  # a view of channels-last memory
+    per_group = C // groups
+    grouped = x.permute(0, 2, 3, 1).reshape(B, H * W, groups, per_group)  # a view of channels-last memory
     var, mean = torch.var_mean(grouped.float(), dim=(1, 3), correction=0)  # (B, G)
-    rstd = (var + eps).rsqrt()
-    scale = rstd.unsqueeze(-1).expand(B, groups, C // groups).reshape(B, C)
+    scale = (var + eps).rsqrt().unsqueeze(-1).expand(B, groups, per_group)  # per (sample, group, channel)
     if weight is not None:
-        scale = scale * weight.float()
-    shift = -mean.repeat_interleave(C // groups, dim=1) * scale
+        scale = scale * weight.float().view(groups, per_group)
+    shift = -mean.unsqueeze(-1) * scale
     if bias is not None:
-        shift = shift + bias.float()
+        shift = shift + bias.float().view(groups, per_group)
+    scale, shift = scale.reshape(B, C), shift.reshape(B, C)
     return torch.addcmul(shift.to(x.dtype).view(B, C, 1, 1), x, scale.to(x.dtype).view(B, C, 1, 1))
 
 
