@@ -1,5 +1,6 @@
-"""VQVAE decode speed under each decoder setting: memory format, sub-pixel upsampling, precision and
-(on CUDA) cuDNN autotuning and the group norms' channels-last path, against the decoder's FLOP floor; optionally the profiler's top ops.
+"""VQVAE decode speed under each decoder setting: memory format, sub-pixel upsampling, the 3x3 convolutions'
+algorithm (Winograd or direct), precision and (on CUDA) cuDNN autotuning and the group norms' channels-last
+path, against the decoder's FLOP floor; optionally the profiler's top ops.
 Prints a table, writes bench/results/<out-name>.{json,md}.
 
 Usage: python -m bench.decoder [--models default,d16] [--batches 1,4] [--precisions fp32]
@@ -29,9 +30,11 @@ class DecoderSetting:
     subpixel: bool
     cudnn_benchmark: bool
     group_norm: str = "auto"  # see var_engine.tokenizer.vqvae.GROUP_NORM_LAYOUTS
+    conv: str = "auto"  # see var_engine.tokenizer.winograd.CONV_ALGORITHMS
 
     def apply(self, pipe: Pipeline) -> None:
-        pipe.tokenizer.set_channels_last(self.channels_last).set_group_norm_layout(self.group_norm)
+        tokenizer = pipe.tokenizer.set_channels_last(self.channels_last)
+        tokenizer.set_group_norm_layout(self.group_norm).set_conv_algorithm(self.conv)
         for m in pipe.tokenizer.decoder.modules():
             if isinstance(m, Upsample2x):
                 m.subpixel = self.subpixel
@@ -39,15 +42,17 @@ class DecoderSetting:
 
 
 def settings_for(device: torch.device, precisions: list[str]) -> list[DecoderSetting]:
-    """The engine's default first (channels-last, sub-pixel, no autotuning, group norm 'auto'), then every
-    other combination; on CUDA channels-last settings also run with group norm 'native' and 'keep'."""
+    """The engine's default first (channels-last, sub-pixel, no autotuning, group norm and conv 'auto'), then
+    every other combination; on CUDA channels-last settings also run with group norm 'native' and 'keep',
+    on CPU every setting also with direct convolutions."""
     cuda = device.type == "cuda"
     tune = (False, True) if cuda else (False,)
-    combos = [DecoderSetting(p, cl, sp, cb, gn) for p in precisions
-              for cl, sp, cb in itertools.product((True, False), (True, False), tune)
+    convs = ("auto",) if cuda else ("auto", "direct")
+    combos = [DecoderSetting(p, cl, sp, cb, gn, conv) for p in precisions
+              for cl, sp, cb, conv in itertools.product((True, False), (True, False), tune, convs)
               for gn in (("auto", "native", "keep") if cuda and cl else ("auto",))]
     return sorted(combos, key=lambda s: (s.precision != precisions[0], not s.channels_last, not s.subpixel,
-                                         s.cudnn_benchmark, s.group_norm != "auto"))
+                                         s.conv != "auto", s.cudnn_benchmark, s.group_norm != "auto"))
 
 
 def time_decode(pipe: Pipeline, f_hat: torch.Tensor, setting: DecoderSetting, repeats: int) -> float:
@@ -114,7 +119,7 @@ def main(argv=None) -> None:
             settings[0].apply(pipe)
     finally:
         torch.backends.cudnn.benchmark = benchmark_before
-    cols = ["model", "batch", "precision", "channels_last", "subpixel", "cudnn_benchmark", "group_norm", "ms_per_image",
+    cols = ["model", "batch", "precision", "channels_last", "subpixel", "conv", "cudnn_benchmark", "group_norm", "ms_per_image",
             "speedup_vs_default", "x_floor"]
     table = (f"Decoder on {device.type} (median of {args.repeats} after a warm-up; floor: decoder FLOPs over the "
              f"measured matmul rate; first row of each shape is the engine's default)\n\n" + markdown_table(rows, cols))

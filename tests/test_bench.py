@@ -41,8 +41,9 @@ def test_decoder_smoke(results):
     decoder.main(["--models", "default", "--batches", "2", "--repeats", "1", "--profile"])
     payload = json.loads((results / "decoder.json").read_text())
     r = payload["rows"]
-    # CPU: memory format x sub-pixel upsampling, the engine's default setting first
-    assert [(x["channels_last"], x["subpixel"]) for x in r] == [(True, True), (True, False), (False, True), (False, False)]
+    # CPU: memory format x sub-pixel upsampling x conv algorithm, the engine's default setting first
+    assert [(x["channels_last"], x["subpixel"], x["conv"]) for x in r] == [
+        (cl, sp, conv) for cl in (True, False) for sp in (True, False) for conv in ("auto", "direct")]
     assert r[0]["speedup_vs_default"] == 1 and all(x["x_floor"] > 1 for x in r)
     ops = payload["profiles"]["default batch 2"]
     assert ops and any("conv" in op["op"] for op in ops)

@@ -99,3 +99,75 @@ def test_decoder_group_norm_layouts_decode_the_same_images(monkeypatch):
     torch.testing.assert_close(images["keep"], images["native"], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="layout"):
         tok.set_group_norm_layout("nhwc")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape, cout", [((2, 5, 12, 16), 7), ((1, 3, 9, 6), 4), ((3, 8, 1, 2), 2), ((1, 4, 33, 20), 5)])
+def test_winograd_conv_equals_direct_conv(monkeypatch, channels_last, shape, cout):
+    from var_engine.tokenizer import winograd
+
+    monkeypatch.setattr(winograd, "CHUNK_BYTES", 1)  # one tile row per chunk: every chunk boundary is exercised
+    torch.manual_seed(0)
+    x = torch.randn(shape, dtype=torch.float64)
+    weight, bias = torch.randn(cout, shape[1], 3, 3, dtype=torch.float64), torch.randn(cout, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    reference = F.conv2d(x, weight, bias, padding=1)
+    out = winograd.conv3x3_winograd(x, winograd.winograd_weight(weight), bias)
+    assert out.shape == reference.shape
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    torch.testing.assert_close(out, reference, atol=1e-11, rtol=1e-11)  # exact algebra: float64 rounding only
+    no_bias = winograd.conv3x3_winograd(x, winograd.winograd_weight(weight), None)
+    torch.testing.assert_close(no_bias + bias.view(1, -1, 1, 1), reference, atol=1e-11, rtol=1e-11)
+
+
+def test_winograd_float32_error_is_within_2e_5_of_the_output_scale():
+    from var_engine.tokenizer.winograd import conv3x3_winograd, winograd_weight
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 160, 32, 32).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(160, 160, 3, 3) / (3 * 160 ** 0.5)
+    exact = F.conv2d(x.double(), weight.double(), padding=1)
+    err = (conv3x3_winograd(x, winograd_weight(weight), None).double() - exact).abs().max()
+    direct_err = (F.conv2d(x, weight, padding=1).double() - exact).abs().max()
+    # the transforms' constants (up to 8) cost a few bits over the direct kernel's rounding
+    assert err < 2e-5 * exact.abs().max() and err < 20 * direct_err  # observed 1.0e-5 and 7.5x
+
+
+def test_conv3x3_auto_policy_and_kernel_cache():
+    from var_engine.tokenizer.winograd import AUTO_MIN_CHANNELS, AUTO_MIN_SIZE, Conv3x3
+
+    torch.manual_seed(0)
+    wide, narrow = Conv3x3(AUTO_MIN_CHANNELS, AUTO_MIN_CHANNELS), Conv3x3(8, AUTO_MIN_CHANNELS)
+    x = torch.randn(1, AUTO_MIN_CHANNELS, AUTO_MIN_SIZE, AUTO_MIN_SIZE)
+    with torch.no_grad():
+        assert wide.uses_winograd(x) and not narrow.uses_winograd(x[:, :8])
+        assert not wide.uses_winograd(x[..., :AUTO_MIN_SIZE - 1, :])  # too small an image
+        assert not wide.uses_winograd(x.double())  # auto keeps float64 on the direct kernel
+        wide.algorithm = "direct"
+        assert not wide.uses_winograd(x)
+        narrow.algorithm = "winograd"
+        assert narrow.uses_winograd(x[:, :8])
+        wide.algorithm = "auto"
+        out = wide(x)
+        torch.testing.assert_close(out, F.conv2d(x, wide.weight, wide.bias, padding=1), atol=5e-5, rtol=0)  # Winograd float32
+        kernel = wide.winograd_kernel()
+        assert wide.winograd_kernel() is kernel  # cached
+        wide.load_state_dict({"weight": torch.randn_like(wide.weight) / 34, "bias": wide.bias})  # outputs of order 1
+        assert wide.winograd_kernel() is not kernel  # rebuilt after the weight changed
+        torch.testing.assert_close(wide(x), F.conv2d(x, wide.weight, wide.bias, padding=1), atol=5e-5, rtol=0)
+    assert not wide.uses_winograd(x)  # autograd: always the direct kernel
+    assert wide(x).requires_grad
+
+
+def test_tokenizer_conv_algorithms_decode_the_same_images():
+    torch.manual_seed(0)
+    cfg = TokenizerConfig(ch=16, ch_mult=(1, 2), num_res_blocks=1, norm_groups=8, z_channels=4, vocab_size=32,
+                          patch_nums=(1, 2, 4))
+    tok = Tokenizer(cfg).eval().set_channels_last(True)
+    f_hat = torch.randn(3, 4, 4, 4)
+    with torch.no_grad():
+        images = {a: tok.set_conv_algorithm(a).fhat_to_images(f_hat) for a in ("direct", "winograd")}
+    torch.testing.assert_close(images["winograd"], images["direct"], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="conv algorithm"):
+        tok.set_conv_algorithm("fft")

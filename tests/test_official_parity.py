@@ -5,15 +5,18 @@ import torch
 from conftest import CONFIGS
 
 
+@pytest.mark.parametrize("conv", ["auto", "winograd"])
 @pytest.mark.parametrize("name", CONFIGS)
-def test_tokenizer_matches_reference(official, name):
+def test_tokenizer_matches_reference(official, name, conv):
     pipe, _, ref = official(name)
+    pipe.tokenizer.set_conv_algorithm(conv)
     tokens = pipe.tokenizer.encode(ref["images"])
     assert torch.equal(tokens, ref["tokens"])
     # 1e-4: float32 conv chains; observed <= 2e-5
     assert (pipe.tokenizer.decode(ref["tokens"]) - ref["recon"]).abs().max() < 1e-4
     assert (pipe.tokenizer.tokens_to_fhat(ref["tokens"]) - ref["fhat"]).abs().max() < 1e-4
     assert (pipe.tokenizer.teacher_input(ref["tokens"]) - ref["var_input"]).abs().max() < 1e-4
+    pipe.tokenizer.set_conv_algorithm("auto")
 
 
 @pytest.mark.parametrize("name", CONFIGS)

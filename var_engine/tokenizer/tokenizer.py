@@ -10,6 +10,7 @@ from ..config import TokenizerConfig
 from ..errors import InputError
 from .quantizer import MultiScaleQuantizer
 from .vqvae import GROUP_NORM_LAYOUTS, Decoder, Encoder, LayoutGroupNorm
+from .winograd import CONV_ALGORITHMS, Conv3x3
 
 
 @dataclass
@@ -52,6 +53,16 @@ class Tokenizer(nn.Module):
         for m in self.decoder.modules():
             if isinstance(m, LayoutGroupNorm):
                 m.layout = layout
+        return self
+
+    def set_conv_algorithm(self, algorithm: str = "auto") -> "Tokenizer":
+        """How the encoder's and decoder's 3x3 convolutions run at inference: one of CONV_ALGORITHMS
+        ('auto': Winograd F(4x4, 3x3) for wide float32 convolutions on CPU, else direct)."""
+        if algorithm not in CONV_ALGORITHMS:
+            raise ValueError(f"conv algorithm must be one of {CONV_ALGORITHMS}, got {algorithm!r}")
+        for m in self.modules():
+            if isinstance(m, Conv3x3):
+                m.algorithm = algorithm
         return self
 
     @property

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TokenizerConfig
+from .winograd import Conv3x3
 
 
 GROUP_NORM_LAYOUTS = ("auto", "native", "keep")
@@ -126,10 +127,10 @@ class ResnetBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, dropout: float, groups: int):
         super().__init__()
         self.norm1 = _norm(in_channels, groups)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        self.conv1 = Conv3x3(in_channels, out_channels)
         self.norm2 = _norm(out_channels, groups)
         self.dropout = nn.Dropout(dropout) if dropout > 1e-6 else nn.Identity()
-        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        self.conv2 = Conv3x3(out_channels, out_channels)
         self.nin_shortcut = (nn.Conv2d(in_channels, out_channels, kernel_size=1)
                              if in_channels != out_channels else nn.Identity())
 
@@ -168,7 +169,7 @@ class Encoder(nn.Module):
         super().__init__()
         ch, ch_mult, g = cfg.ch, cfg.ch_mult, cfg.norm_groups
         self.num_resolutions, self.num_res_blocks = len(ch_mult), cfg.num_res_blocks
-        self.conv_in = nn.Conv2d(in_channels, ch, kernel_size=3, stride=1, padding=1)
+        self.conv_in = Conv3x3(in_channels, ch)
         in_ch_mult = (1,) + tuple(ch_mult)
         self.down = nn.ModuleList()
         block_in = ch
@@ -191,7 +192,7 @@ class Encoder(nn.Module):
         self.mid.attn_1 = _attn(block_in, cfg.using_mid_sa, g)
         self.mid.block_2 = ResnetBlock(block_in, block_in, cfg.dropout, g)
         self.norm_out = _norm(block_in, g)
-        self.conv_out = nn.Conv2d(block_in, cfg.z_channels, kernel_size=3, stride=1, padding=1)
+        self.conv_out = Conv3x3(block_in, cfg.z_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
@@ -214,7 +215,7 @@ class Decoder(nn.Module):
         ch, ch_mult, g = cfg.ch, cfg.ch_mult, cfg.norm_groups
         self.num_resolutions = len(ch_mult)
         block_in = ch * ch_mult[-1]
-        self.conv_in = nn.Conv2d(cfg.z_channels, block_in, kernel_size=3, stride=1, padding=1)
+        self.conv_in = Conv3x3(cfg.z_channels, block_in)
         self.mid = nn.Module()
         self.mid.block_1 = ResnetBlock(block_in, block_in, cfg.dropout, g)
         self.mid.attn_1 = _attn(block_in, cfg.using_mid_sa, g)
@@ -234,7 +235,7 @@ class Decoder(nn.Module):
                 up.upsample = Upsample2x(block_in)
             self.up.insert(0, up)  # keep official indexing: up[0] is the finest level
         self.norm_out = _norm(block_in, g)
-        self.conv_out = nn.Conv2d(block_in, out_channels, kernel_size=3, stride=1, padding=1)
+        self.conv_out = Conv3x3(block_in, out_channels)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(self.conv_in(z))))
