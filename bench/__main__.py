@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-NAMES = ["quality", "memory", "speed", "variant", "sampler", "decoder", "draw", "official", "supernet_frontier"]
+NAMES = ["quality", "memory", "speed", "variant", "sampler", "decoder", "draw", "official", "supernet_frontier", "allocator"]
 
 
 def main(argv=None) -> int:
@@ -14,7 +14,7 @@ def main(argv=None) -> int:
               "each benchmark prints a table and writes JSON/markdown/PNG to bench/results/; "
               "`python -m bench NAME --help` lists its options")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    names = [n for n in NAMES if n not in ("official", "supernet_frontier")] if argv[0] == "all" else [argv[0]]
+    names = [n for n in NAMES if n not in ("official", "supernet_frontier", "allocator")] if argv[0] == "all" else [argv[0]]
     for name in names:
         importlib.import_module(f"bench.{name}").main(argv[1:] if argv[0] != "all" else [])
     return 0

@@ -55,19 +55,22 @@ def settings_for(device: torch.device, precisions: list[str]) -> list[DecoderSet
                                          s.conv != "auto", s.cudnn_benchmark, s.group_norm != "auto"))
 
 
-def time_decode(pipe: Pipeline, f_hat: torch.Tensor, setting: DecoderSetting, repeats: int) -> float:
-    """Median seconds of one decode of f_hat under `setting`, after a warm-up (autotuning happens there)."""
-    setting.apply(pipe)
-    times = []
-    with torch.no_grad(), pipe.autocast(setting.precision):
-        for i in range(repeats + 1):
-            sync(pipe.device)
-            t0 = time.perf_counter()
-            pipe.tokenizer.fhat_to_images(f_hat)
-            sync(pipe.device)
-            if i:
-                times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def time_decodes(pipe: Pipeline, f_hat: torch.Tensor, settings: list[DecoderSetting], repeats: int) -> list[float]:
+    """Median seconds of one decode of f_hat per setting: a warm-up round over every setting (autotuning
+    happens there), then `repeats` rounds that time each setting once, interleaved."""
+    times: list[list[float]] = [[] for _ in settings]
+    with torch.no_grad():
+        for round_index in range(repeats + 1):
+            for setting, seconds in zip(settings, times):
+                setting.apply(pipe)
+                with pipe.autocast(setting.precision):
+                    sync(pipe.device)
+                    t0 = time.perf_counter()
+                    pipe.tokenizer.fhat_to_images(f_hat)
+                    sync(pipe.device)
+                if round_index:
+                    seconds.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
 
 
 def main(argv=None) -> None:
@@ -98,8 +101,7 @@ def main(argv=None) -> None:
                 tokens = torch.randint(pipe.config.tokenizer.vocab_size, (batch, L), generator=g).to(device)
                 f_hat = pipe.tokenizer.tokens_to_fhat(tokens)
                 group = []
-                for setting in settings:
-                    seconds = time_decode(pipe, f_hat, setting, args.repeats)
+                for setting, seconds in zip(settings, time_decodes(pipe, f_hat, settings, args.repeats)):
                     floor = batch * flops / peaks[setting.precision]
                     group.append({"model": name, "batch": batch, **asdict(setting), "ms_per_image": 1e3 * seconds / batch,
                                   "x_floor": seconds / floor})
@@ -121,8 +123,9 @@ def main(argv=None) -> None:
         torch.backends.cudnn.benchmark = benchmark_before
     cols = ["model", "batch", "precision", "channels_last", "subpixel", "conv", "cudnn_benchmark", "group_norm", "ms_per_image",
             "speedup_vs_default", "x_floor"]
-    table = (f"Decoder on {device.type} (median of {args.repeats} after a warm-up; floor: decoder FLOPs over the "
-             f"measured matmul rate; first row of each shape is the engine's default)\n\n" + markdown_table(rows, cols))
+    table = (f"Decoder on {device.type} (median of {args.repeats} interleaved rounds after a warm-up round; floor: the FLOPs of the engine's "
+             f"default decode path (sub-pixel upsampling, on CPU Winograd convolutions) over the measured matmul "
+             f"rate; first row of each shape is the engine's default)\n\n" + markdown_table(rows, cols))
     table += profile_tables(profiles, "default setting")
     write_results(args.out_name, {"rows": rows, "profiles": profiles, "device": str(device),
                                   "peaks_matmul_flops": peaks}, table)

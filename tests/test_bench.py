@@ -186,3 +186,18 @@ def test_official_side_by_side(tmp_path, monkeypatch):
     assert all(r["kv_bytes_official"] == r["kv_bytes_var_engine"] > 0 for r in measured)
     # the two decoders turn the same latents into the same images
     assert all(r["decode_max_diff"] < 1e-3 and r["official_decode_s_per_image"] > 0 for r in measured)
+
+
+def test_allocator_smoke(results):
+    from bench import allocator
+    from var_engine.cpu_memory import glibc_malloc
+
+    allocator.main(["--batch", "2", "--plans", "full,2@3", "--pairs", "1", "--repeats", "1"])
+    payload = json.loads((results / "allocator.json").read_text())
+    assert [r["plan"] for r in payload["rows"]] == ["full", "2@3"]
+    # one process per setting and pair, and the setting took effect only where malloc is glibc's
+    assert sorted(r["setting"] for r in payload["runs"]) == ["default", "keep"]
+    assert all(r["applied"] == (glibc_malloc() is not None) for r in payload["rows"])
+    assert all(r["default_s_per_image"] > 0 and r["keep_s_per_image"] > 0 for r in payload["rows"])
+    with pytest.raises(SystemExit, match="plan"):
+        allocator.main(["--plans", "2-3"])

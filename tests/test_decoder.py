@@ -161,6 +161,8 @@ def test_conv3x3_auto_policy_and_kernel_cache():
 
 
 def test_tokenizer_conv_algorithms_decode_the_same_images():
+    from var_engine.tokenizer.winograd import Conv3x3
+
     torch.manual_seed(0)
     cfg = TokenizerConfig(ch=16, ch_mult=(1, 2), num_res_blocks=1, norm_groups=8, z_channels=4, vocab_size=32,
                           patch_nums=(1, 2, 4))
@@ -169,5 +171,9 @@ def test_tokenizer_conv_algorithms_decode_the_same_images():
     with torch.no_grad():
         images = {a: tok.set_conv_algorithm(a).fhat_to_images(f_hat) for a in ("direct", "winograd")}
     torch.testing.assert_close(images["winograd"], images["direct"], atol=1e-5, rtol=1e-5)
+    # every 3x3 convolution of the decoder ran as Winograd and cached 36 Cin Cout floats; the encoder's did not run
+    convs = [m for m in tok.decoder.modules() if isinstance(m, Conv3x3)]
+    assert tok.conv_cache_bytes() == sum(36 * m.in_channels * m.out_channels * 4 for m in convs)
+    assert tok.set_conv_algorithm("direct").conv_cache_bytes() == 0
     with pytest.raises(ValueError, match="conv algorithm"):
         tok.set_conv_algorithm("fft")

@@ -5,7 +5,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "var_engine"
 
 LEVELS = {
-    "errors": 0, "config": 1, "attention": 1, "linear": 1, "images": 1, "distillation": 1,
+    "errors": 0, "cpu_memory": 0, "config": 1, "attention": 1, "linear": 1, "images": 1, "distillation": 1,
     "tokenizer": 2, "cache": 2, "metrics": 2, "data": 2,
     "transformer": 3,
     "sampling": 4, "training": 4, "checkpoints": 4,

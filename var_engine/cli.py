@@ -129,7 +129,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _configure_bench(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help="quality, memory, speed, variant, sampler, official or all")
+    p.add_argument("name", help="a benchmark of bench/README.md (quality, memory, speed, variant, sampler, decoder, ...) or all")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark (NAME --help)")
 
 

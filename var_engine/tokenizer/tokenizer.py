@@ -57,13 +57,19 @@ class Tokenizer(nn.Module):
 
     def set_conv_algorithm(self, algorithm: str = "auto") -> "Tokenizer":
         """How the encoder's and decoder's 3x3 convolutions run at inference: one of CONV_ALGORITHMS
-        ('auto': Winograd F(4x4, 3x3) for wide float32 convolutions on CPU, else direct)."""
+        ('auto': Winograd F(4x4, 3x3) for wide float32 convolutions on CPU, else direct). Setting it
+        frees the cached Winograd kernels (`conv_cache_bytes`); the next calls rebuild what they use."""
         if algorithm not in CONV_ALGORITHMS:
             raise ValueError(f"conv algorithm must be one of {CONV_ALGORITHMS}, got {algorithm!r}")
         for m in self.modules():
             if isinstance(m, Conv3x3):
                 m.algorithm = algorithm
+                m.drop_cache()
         return self
+
+    def conv_cache_bytes(self) -> int:
+        """Bytes held by cached Winograd kernels (256px official VQVAE, 'auto': 229 MiB once decoding ran)."""
+        return sum(m.cache_bytes() for m in self.modules() if isinstance(m, Conv3x3))
 
     @property
     def patch_nums(self) -> tuple[int, ...]:

@@ -31,15 +31,17 @@ def _transforms(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor,
 
 
 def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
-    """(Cout, Cin, 3, 3) kernel -> (36, Cin, Cout) transformed kernel G w G^T, computed in float64.
+    """(Cout, Cin, 3, 3) kernel -> (36, Cin, Cout) transformed kernel G w G^T, in the kernel's dtype.
 
     Index 6 * j + i of the first axis holds tile position (row i, column j).
     """
     if weight.shape[-2:] != (3, 3):
         raise ValueError(f"expected a 3x3 kernel, got {tuple(weight.shape)}")
+    cout, cin = weight.shape[:2]
     g = torch.tensor(_G, dtype=torch.float64, device=weight.device)
-    u = torch.einsum("ik,ockl,jl->jico", g, weight.detach().double(), g)
-    return u.reshape(TILE * TILE, weight.shape[1], weight.shape[0]).to(weight.dtype).contiguous()
+    # row 6 j + i, column 3 l + k of kron(G, G) holds G[j, l] G[i, k]: one GEMM over the 9 taps
+    taps = weight.detach().permute(3, 2, 1, 0).reshape(9, cin * cout)  # (l, k) x (Cin, Cout)
+    return (torch.kron(g, g).to(weight.dtype) @ taps).view(TILE * TILE, cin, cout)
 
 
 def conv3x3_winograd(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -95,8 +97,10 @@ def conv3x3_winograd(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
 
 CONV_ALGORITHMS = ("auto", "direct", "winograd")
 # 'auto' takes the Winograd path where it measured faster on 2 CPU cores (float32, 256px decoder:
-# 1.5-2.3x per convolution from 128 channels up; at 32-64 channels the direct kernel wins)
-AUTO_MIN_CHANNELS, AUTO_MIN_SIZE = 128, 16
+# 1.5-2.3x per convolution from 128 channels up; at 32-64 channels the direct kernel wins) and where
+# its cached kernel (4x the weight) pays for itself: the 256px decoder's 640-channel convolutions at
+# 16x16 would save 0.11 s per image for 560 MiB of kernels, so they stay direct (229 MiB cached)
+AUTO_MIN_CHANNELS, AUTO_MIN_SIZE = 128, 32
 
 
 class Conv3x3(nn.Conv2d):
@@ -104,7 +108,8 @@ class Conv3x3(nn.Conv2d):
 
     algorithm: 'direct' (F.conv2d), 'winograd', or 'auto' (Winograd for float32 on CPU from
     AUTO_MIN_CHANNELS channels and AUTO_MIN_SIZE pixels a side). Training and autograd always use
-    F.conv2d. The transformed kernel is cached and rebuilt when the weight changes.
+    F.conv2d. The transformed kernel (36 Cin Cout elements) is cached and rebuilt when the weight
+    changes; `drop_cache` frees it.
     """
 
     algorithm = "auto"
@@ -128,6 +133,12 @@ class Conv3x3(nn.Conv2d):
         if self._winograd is None or self._winograd[0] != key:
             self._winograd = (key, winograd_weight(w))
         return self._winograd[1]
+
+    def cache_bytes(self) -> int:
+        return 0 if self._winograd is None else self._winograd[1].numel() * self._winograd[1].element_size()
+
+    def drop_cache(self) -> None:
+        self._winograd = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.uses_winograd(x):
