@@ -12,6 +12,17 @@ REFERENCE = FIXTURES / "var_reference"
 CONFIGS = ["tiny64_d2", "tiny64_d4_saln", "full256_d2"]
 
 
+@pytest.fixture(autouse=True)
+def allocator_calls(monkeypatch):
+    """The CLI's process-wide allocator setting, recorded instead of applied to the test process
+    (tests/test_cpu_memory.py checks the real one in child processes)."""
+    from var_engine import cli_common
+
+    calls = []
+    monkeypatch.setattr(cli_common, "keep_freed_cpu_memory", lambda: calls.append(1) or True)
+    return calls
+
+
 def reference_dir() -> Path:
     if not (REFERENCE / "vae.safetensors").is_file():
         pytest.skip(f"official reference fixtures not found at {REFERENCE} "

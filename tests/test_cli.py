@@ -23,6 +23,11 @@ def test_generate_grid_and_folder(default_model, tmp_path):
     assert Image.open(fast).size == Image.open(out).size and fast.read_bytes() != out.read_bytes()
 
 
+def test_model_commands_keep_freed_memory_unless_told_not_to(default_model, allocator_calls, capsys):
+    assert main(["info"]) == 0 and len(allocator_calls) == 1
+    assert main(["info", "--no-keep-freed-memory"]) == 0 and len(allocator_calls) == 1
+
+
 def test_info(default_model, capsys):
     assert main(["info"]) == 0
     text = capsys.readouterr().out
