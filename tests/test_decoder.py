@@ -177,3 +177,14 @@ def test_tokenizer_conv_algorithms_decode_the_same_images():
     assert tok.set_conv_algorithm("direct").conv_cache_bytes() == 0
     with pytest.raises(ValueError, match="conv algorithm"):
         tok.set_conv_algorithm("fft")
+
+
+def test_conv3x3_winograd_under_inference_mode():
+    from var_engine.tokenizer.winograd import Conv3x3
+
+    with torch.inference_mode():  # weights made here are inference tensors without a version counter
+        conv = Conv3x3(4, 6)
+        conv.algorithm = "winograd"
+        x = torch.randn(2, 4, 8, 8)
+        torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1), atol=1e-5, rtol=1e-5)
+        assert conv.cache_bytes() == 36 * 4 * 6 * 4

@@ -129,7 +129,9 @@ class Conv3x3(nn.Conv2d):
 
     def winograd_kernel(self) -> torch.Tensor:
         w = self.weight
-        key = (w._version, w.data_ptr(), w.dtype, w.device)
+        # inference tensors (made under torch.inference_mode) cannot change in place: no version counter
+        version = None if w.is_inference() else w._version
+        key = (version, w.data_ptr(), w.dtype, w.device)
         if self._winograd is None or self._winograd[0] != key:
             self._winograd = (key, winograd_weight(w))
         return self._winograd[1]
