@@ -33,17 +33,18 @@ class Tokenizer(nn.Module):
         ks = cfg.quant_conv_ks
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, ks, stride=1, padding=ks // 2)
         self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, ks, stride=1, padding=ks // 2)
-        self.decode_channels_last = False
+        self.channels_last = False
         # on CPU, images whose decoder activations outgrow the caches decode faster in small
         # micro-batches (256px, ch 160: 2.63 vs 3.01 s/image at batch 4); None decodes all at once
         self.cpu_decode_chunk_bytes: int | None = 16 << 20
 
     def set_channels_last(self, enabled: bool = True) -> "Tokenizer":
-        """Decode in channels-last memory format (CPU: ~1.35x faster decode; outputs differ by ~4e-5)."""
+        """Encode and decode in channels-last memory format (CPU, 256px: decode ~1.35x faster with outputs
+        within ~4e-5; encode 1.36x faster on top of the Winograd convolutions, with the same tokens)."""
         fmt = torch.channels_last if enabled else torch.contiguous_format
-        self.decoder.to(memory_format=fmt)
-        self.post_quant_conv.to(memory_format=fmt)
-        self.decode_channels_last = enabled
+        for module in (self.encoder, self.quant_conv, self.decoder, self.post_quant_conv):
+            module.to(memory_format=fmt)
+        self.channels_last = enabled
         return self
 
     def set_group_norm_layout(self, layout: str = "auto") -> "Tokenizer":
@@ -83,7 +84,9 @@ class Tokenizer(nn.Module):
     def encode_latent(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] -> continuous latent f (B, C, h, w)."""
         self._check_images(images)
-        return self.quant_conv(self.encoder(images))
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.quant_conv(self.encoder(images)).contiguous()  # the quantizer works on (B, C, h, w) views
 
     @torch.no_grad()
     def encode_scales(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -128,7 +131,7 @@ class Tokenizer(nn.Module):
 
     def fhat_to_images_at_once(self, f_hat: torch.Tensor) -> torch.Tensor:
         """f_hat -> images in one decoder call."""
-        if self.decode_channels_last:
+        if self.channels_last:
             f_hat = f_hat.contiguous(memory_format=torch.channels_last)
         return self.decoder(self.post_quant_conv(f_hat)).clamp_(-1, 1).contiguous()
 
