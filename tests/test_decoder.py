@@ -8,6 +8,14 @@ from var_engine.tokenizer import Tokenizer
 from var_engine.tokenizer.vqvae import Decoder, Upsample2x, upsample_conv_subpixel
 
 
+def small_tokenizer() -> Tokenizer:
+    """A seeded 2-level tokenizer in eval mode: 8x8 images, 4x4 latents of 4 channels."""
+    torch.manual_seed(0)
+    cfg = TokenizerConfig(ch=16, ch_mult=(1, 2), num_res_blocks=1, norm_groups=8, z_channels=4, vocab_size=32,
+                          patch_nums=(1, 2, 4))
+    return Tokenizer(cfg).eval()
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("shape", [(2, 8, 5, 7), (1, 16, 4, 4)])
 def test_subpixel_upsample_equals_interpolate_then_conv(channels_last, shape):
@@ -46,10 +54,7 @@ def test_decoder_fast_eval_path_matches_training_formulation():
 
 
 def test_cpu_decode_in_micro_batches_equals_one_call():
-    torch.manual_seed(0)
-    cfg = TokenizerConfig(ch=16, ch_mult=(1, 2), num_res_blocks=1, norm_groups=8, z_channels=4, vocab_size=32,
-                          patch_nums=(1, 2, 4))
-    tok = Tokenizer(cfg).eval().set_channels_last(True)
+    tok = small_tokenizer().set_channels_last(True)
     # largest activation per image: 16 channels at 8x8 (level 0) vs 32 at 4x4: 16 * 64 * 4 bytes
     assert tok.decode_activation_bytes() == 16 * 8 * 8 * 4
     cpu = torch.device("cpu")
@@ -87,10 +92,7 @@ def test_decoder_group_norm_layouts_decode_the_same_images(monkeypatch):
     calls = []
     own = vqvae.group_norm_channels_last
     monkeypatch.setattr(vqvae, "group_norm_channels_last", lambda *a: calls.append(1) or own(*a))
-    torch.manual_seed(0)
-    cfg = TokenizerConfig(ch=16, ch_mult=(1, 2), num_res_blocks=1, norm_groups=8, z_channels=4, vocab_size=32,
-                          patch_nums=(1, 2, 4))
-    tok = Tokenizer(cfg).eval().set_channels_last(True)
+    tok = small_tokenizer().set_channels_last(True)
     f_hat = torch.randn(3, 4, 4, 4)
     with torch.no_grad():
         images = {layout: tok.set_group_norm_layout(layout).fhat_to_images(f_hat) for layout in ("auto", "native", "keep")}
@@ -163,10 +165,7 @@ def test_conv3x3_auto_policy_and_kernel_cache():
 def test_tokenizer_conv_algorithms_decode_the_same_images():
     from var_engine.tokenizer.winograd import Conv3x3
 
-    torch.manual_seed(0)
-    cfg = TokenizerConfig(ch=16, ch_mult=(1, 2), num_res_blocks=1, norm_groups=8, z_channels=4, vocab_size=32,
-                          patch_nums=(1, 2, 4))
-    tok = Tokenizer(cfg).eval().set_channels_last(True)
+    tok = small_tokenizer().set_channels_last(True)
     f_hat = torch.randn(3, 4, 4, 4)
     with torch.no_grad():
         images = {a: tok.set_conv_algorithm(a).fhat_to_images(f_hat) for a in ("direct", "winograd")}
@@ -191,10 +190,7 @@ def test_conv3x3_winograd_under_inference_mode():
 
 
 def test_channels_last_encoding_gives_the_same_tokens():
-    torch.manual_seed(0)
-    cfg = TokenizerConfig(ch=16, ch_mult=(1, 2), num_res_blocks=1, norm_groups=8, z_channels=4, vocab_size=32,
-                          patch_nums=(1, 2, 4))  # 8x8 images
-    tok = Tokenizer(cfg).eval()
+    tok = small_tokenizer()
     images = torch.rand(3, 3, 8, 8) * 2 - 1
     plain_latent, plain = tok.encode_latent(images).detach(), tok.encode(images)
     tok.set_channels_last(True)
