@@ -107,7 +107,8 @@ class Conv3x3(nn.Conv2d):
     """nn.Conv2d(cin, cout, 3, padding=1) (same parameters) whose inference can run as F(4x4, 3x3).
 
     algorithm: 'direct' (F.conv2d), 'winograd', or 'auto' (Winograd for float32 on CPU from
-    AUTO_MIN_CHANNELS channels and AUTO_MIN_SIZE pixels a side). Training and autograd always use
+    AUTO_MIN_CHANNELS channels and AUTO_MIN_SIZE pixels a side, outside autocast and torch.compile,
+    which choose their own kernels). Training and autograd always use
     F.conv2d. The transformed kernel (36 Cin Cout elements) is cached and rebuilt when the weight
     changes; `drop_cache` frees it.
     """
@@ -123,7 +124,7 @@ class Conv3x3(nn.Conv2d):
             return False
         if self.algorithm == "winograd":
             return True
-        return (x.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and x.dtype == torch.float32
+        return (x.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling() and x.dtype == torch.float32
                 and min(self.in_channels, self.out_channels) >= AUTO_MIN_CHANNELS
                 and min(x.shape[2], x.shape[3]) >= AUTO_MIN_SIZE)
 
