@@ -143,6 +143,10 @@ class Conv3x3(nn.Conv2d):
     def drop_cache(self) -> None:
         self._winograd = None
 
+    def _apply(self, fn, recurse=True):  # .to(), .cuda(), .half(), memory formats: the cached kernel is stale
+        self.drop_cache()
+        return super()._apply(fn, recurse)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.uses_winograd(x):
             kernel = self.winograd_kernel()
