@@ -97,7 +97,7 @@ def conv3x3_winograd(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
 
 CONV_ALGORITHMS = ("auto", "direct", "winograd")
 # 'auto' takes the Winograd path where it measured faster on 2 CPU cores (float32, 256px decoder:
-# 1.5-2.3x per convolution from 128 channels up; at 32-64 channels the direct kernel wins) and where
+# 1.4-2.2x per convolution from 128 channels up; at 32-64 channels the direct kernel wins) and where
 # its cached kernel (4x the weight) pays for itself: the 256px decoder's 640-channel convolutions at
 # 16x16 would save 0.11 s per image for 560 MiB of kernels, so they stay direct (229 MiB cached)
 AUTO_MIN_CHANNELS, AUTO_MIN_SIZE = 128, 32
@@ -108,9 +108,8 @@ class Conv3x3(nn.Conv2d):
 
     algorithm: 'direct' (F.conv2d), 'winograd', or 'auto' (Winograd for float32 on CPU from
     AUTO_MIN_CHANNELS channels and AUTO_MIN_SIZE pixels a side, outside autocast and torch.compile,
-    which choose their own kernels). Training and autograd always use
-    F.conv2d. The transformed kernel (36 Cin Cout elements) is cached and rebuilt when the weight
-    changes; `drop_cache` frees it.
+    which choose their own kernels). Training and autograd always use F.conv2d. The transformed
+    kernel (36 Cin Cout elements) is cached and rebuilt when the weight changes; `drop_cache` frees it.
     """
 
     algorithm = "auto"
@@ -124,7 +123,8 @@ class Conv3x3(nn.Conv2d):
             return False
         if self.algorithm == "winograd":
             return True
-        return (x.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling() and x.dtype == torch.float32
+        return (x.device.type == "cpu" and x.dtype == torch.float32
+                and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
                 and min(self.in_channels, self.out_channels) >= AUTO_MIN_CHANNELS
                 and min(x.shape[2], x.shape[3]) >= AUTO_MIN_SIZE)
 
