@@ -122,11 +122,12 @@ def main(argv=None) -> None:
             settings[0].apply(pipe)
     finally:
         torch.backends.cudnn.benchmark = benchmark_before
-    cols = ["model", "batch", "precision", "channels_last", "subpixel", "conv", "cudnn_benchmark", "group_norm", "ms_per_image",
-            "speedup_vs_default", "x_floor"]
-    table = (f"Decoder on {device.type} (median of {args.repeats} interleaved rounds, each decode timed after an untimed one; floor: the FLOPs of the engine's "
-             f"default decode path (sub-pixel upsampling, on CPU Winograd convolutions) over the measured matmul "
-             f"rate; first row of each shape is the engine's default)\n\n" + markdown_table(rows, cols))
+    cols = ["model", "batch", "precision", "channels_last", "subpixel", "conv", "cudnn_benchmark", "group_norm",
+            "ms_per_image", "speedup_vs_default", "x_floor"]
+    table = (f"Decoder on {device.type} (median of {args.repeats} interleaved rounds, each decode timed after an "
+             f"untimed one; floor: the FLOPs of the engine's default decode path (sub-pixel upsampling, on CPU "
+             f"Winograd convolutions) over the measured matmul rate; first row of each shape is the engine's "
+             f"default)\n\n" + markdown_table(rows, cols))
     table += profile_tables(profiles, "default setting")
     write_results(args.out_name, {"rows": rows, "profiles": profiles, "device": str(device),
                                   "peaks_matmul_flops": peaks}, table)

@@ -94,7 +94,6 @@ def conv3x3_winograd(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
     return out
 
 
-
 CONV_ALGORITHMS = ("auto", "direct", "winograd")
 # 'auto' takes the Winograd path where it measured faster on 2 CPU cores (float32, 256px decoder:
 # 1.4-2.2x per convolution from 128 channels up; at 32-64 channels the direct kernel wins) and where
