@@ -1,5 +1,6 @@
-"""VARiant depth plans: KV bytes (analytic and measured), s/image, and for the default model the
-evaluator's accuracy and FID-style distance, per subnet depth and switch scale.
+"""VARiant depth plans: KV bytes (analytic and measured), peak memory of the call (each measured in a
+fresh process, see bench.peak), s/image, and for the default model the evaluator's accuracy and
+FID-style distance, per subnet depth and switch scale.
 Writes bench/results/variant.{json,md} and variant_<model>.png.
 
 Usage: python -m bench.variant [--models default,d16] [--per-class 50] [--threads 2]
@@ -14,6 +15,7 @@ import torch
 
 from bench.common import markdown_table, parse_args, results_dir, write_results
 from bench.floor import transformer_step_costs
+from bench.peak import CallSpec, peak_call_bytes
 from bench.plot import line_chart
 from bench.quality import HeldoutScore
 from bench.sampler import build
@@ -73,6 +75,7 @@ def main(argv=None) -> None:
                    help="how scale steps execute (the same for the full network and the subnets)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--draw", default="release", choices=DRAW_METHODS, help="token draw method")
+    p.add_argument("--no-peak", action="store_true", help="skip the peak-memory measurements (a process each)")
     p.add_argument("--out-name", default="variant")
     args = parse_args(p, argv)
     rows = []
@@ -102,6 +105,11 @@ def main(argv=None) -> None:
                        "transformer_s_per_image": transformer / batch, "speedup_vs_full": speedup,
                        "transformer_speedup_vs_full": transformer_speedup, "flop_fraction": flop_fraction,
                        "speedup_at_flop_ratio": speedup_at_flop_ratio(full_s, full_tokens_s, flop_fraction)}
+                if not args.no_peak:
+                    peak = peak_call_bytes(CallSpec(name, batch, depth if plan else None, switch if plan else None,
+                                                    1.5, draw=args.draw, device=args.device,
+                                                    threads=torch.get_num_threads()))
+                    row["peak_bytes_per_image"] = None if peak is None else peak / batch
                 if quality:
                     row["accuracy"], row["fid_evaluator"] = score.of_generated(pipe, args.per_class, plan, args.draw)
                 rows.append(row)
@@ -112,23 +120,26 @@ def main(argv=None) -> None:
                                                       (", tokens only", "transformer_speedup_vs_full"))}
         line_chart(results_dir() / f"{args.out_name}_{name}_speed.png", f"{name}: speed-up vs full depth (cfg 1.5, batch {batch})",
                    "subnet depth", "speed-up", series)
-        series = {f"switch {s}": [(r["depth"], r["kv_bytes_per_image"] / 2**20) for r in mine
-                                  if r["switch_scale"] in (s, K)] for s in switches}
-        line_chart(results_dir() / f"{args.out_name}_{name}_kv.png", f"{name}: KV cache per image", "subnet depth", "MiB", series)
+        series = {f"{what}, switch {s}": [(r["depth"], r[key] / 2**20) for r in mine if r["switch_scale"] in (s, K)]
+                  for what, key in (("KV", "kv_bytes_per_image"), ("peak", "peak_bytes_per_image"))
+                  if mine[0].get(key) is not None for s in switches}
+        line_chart(results_dir() / f"{args.out_name}_{name}_kv.png", f"{name}: KV cache and peak memory per image",
+                   "subnet depth", "MiB", series)
         if quality:
             series = {f"switch {s}": [(r["depth"], r["fid_evaluator"]) for r in mine if r["switch_scale"] in (s, K)]
                       for s in switches}
             line_chart(results_dir() / f"{args.out_name}_{name}_fid.png", f"{name}: FID-style distance (evaluator features)",
                        "subnet depth", "FID-style", series)
     cols = ["model", "runner", "draw", "depth", "switch_scale", "batch", "kv_bytes_per_image", "kv_saving_vs_full",
-            "kv_measured_vs_analytic", "s_per_image", "transformer_s_per_image", "speedup_vs_full",
-            "transformer_speedup_vs_full", "flop_fraction", "speedup_at_flop_ratio", "accuracy",
+            "kv_measured_vs_analytic", "peak_bytes_per_image", "s_per_image", "transformer_s_per_image",
+            "speedup_vs_full", "transformer_speedup_vs_full", "flop_fraction", "speedup_at_flop_ratio", "accuracy",
             "fid_evaluator"]
     write_results(args.out_name, {"rows": rows, "per_class": args.per_class, "repeats": args.repeats,
                                   "batch": args.batch},
                   f"VARiant depth plans (cfg 1.5, runner {args.runner}, draw {args.draw}, {torch.get_num_threads()} "
-                  "thread(s); d16 has random weights, so only memory and speed; speed-ups from runs interleaved "
-                  "with the full network's, end to end and for token generation alone (transformer and "
+                  "thread(s); d16 has random weights, so only memory and speed; peak_bytes_per_image: peak memory of "
+                  "the call beyond the weights (KV, activations, decoder), measured in a fresh process per plan; "
+                  "speed-ups from runs interleaved with the full network's, end to end and for token generation alone (transformer and "
                   "sampling, without the decoder); speedup_at_flop_ratio: the end-to-end speed-up if all of token "
                   "generation scaled with the plan's transformer FLOPs (flop_fraction of the full network's) "
                   "and the decoder stayed as measured)\n\n"

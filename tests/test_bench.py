@@ -101,7 +101,8 @@ def test_quality_smoke(results):
 def test_variant_smoke(results):
     from bench import variant
 
-    variant.main(["--models", "default", "--switch-scales", "4", "--per-class", "3", "--repeats", "1", "--batch", "2"])
+    variant.main(["--models", "default", "--switch-scales", "4", "--per-class", "3", "--repeats", "1", "--batch", "2",
+                  "--no-peak"])
     r = rows(results / "variant.json")
     assert [x["depth"] for x in r] == [8, 4, 2] and all(x["kv_measured_vs_analytic"] == 1 for x in r)
     assert r[1]["kv_saving_vs_full"] > 0.4  # D/2 at switch 4: (4*30 + 4*155) / (8*155) = 0.60
@@ -127,13 +128,30 @@ def test_draw_smoke(results):
 def test_memory_and_speed_smoke(results):
     from bench import memory, speed
 
-    memory.main(["--batches", "1,2"])
+    memory.main(["--batches", "1,2", "--no-peak"])
     m = rows(results / "memory.json")
     assert len(m) == 8 and all(x["kv_vs_analytic"] == 1 for x in m)
     speed.main(["--batches", "1,2", "--repeats", "1"])
     s = rows(results / "speed.json")
     assert len(s) == 2 and all(x["tokens_per_s"] > 0 for x in s)
     assert (results / "memory.png").is_file() and (results / "speed.png").is_file()
+
+
+def test_peak_memory_of_a_call_in_a_fresh_process(results):
+    from bench.peak import CallSpec, peak_call_bytes
+    from var_engine import Pipeline
+
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("peak resident-set measurement needs Linux /proc")
+    full = peak_call_bytes(CallSpec("default", 16, threads=2))
+    subnet = peak_call_bytes(CallSpec("default", 16, depth=2, switch_scale=4, threads=2))
+    pipe = Pipeline.from_pretrained()
+    kv_full = 16 * pipe.kv_bytes_per_image(1.5)
+    kv_subnet = 16 * pipe.kv_bytes_per_image(1.5, pipe.depth_plan(2, 4))
+    # the full network's cache (40.6 MB) is resident at its last scale, next to the activations
+    assert full > kv_full
+    # same activations, decoder and sampling buffers: the difference is mostly the KV cache (24.6 MB)
+    assert full - subnet > 0.5 * (kv_full - kv_subnet)
 
 
 def test_frontier_schedule_lists_keep_stage_ratios_together():
