@@ -6,7 +6,9 @@ therefore runs in a child process that loads the model, makes one batch-1 warm-u
 settings (lazy initialisation), then measures the call itself:
 - CUDA: the growth of torch.cuda.max_memory_allocated over the memory allocated before the call;
 - Linux CPU: the growth of the process's peak resident set (VmHWM, reset before the call through
-  /proc/self/clear_refs) over its resident size before the call.
+  /proc/self/clear_refs) over its resident size before the call, with glibc told to return every
+  freed block of 128 KiB or more to the OS (`return_freed_memory`), so the warm-up leaves nothing
+  behind that the call could reuse unseen.
 Both include the KV cache, activations, sampling buffers and the decoder's working memory, not the
 weights. On other platforms the CPU figure is None.
 
@@ -26,6 +28,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 STATUS = Path("/proc/self/status")
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h); setting it turns off the dynamic threshold
 
 
 @dataclass(frozen=True)
@@ -64,10 +67,25 @@ def peak_rss_growth(run: Callable[[], object]) -> int | None:
     return None if before is None or peak is None else peak - before
 
 
+def return_freed_memory() -> bool:
+    """Make glibc hand every freed block of 128 KiB or more back to the OS (False where malloc is not glibc's).
+
+    glibc otherwise raises its mmap threshold to the size of each mapped block it frees (up to 32 MB),
+    so the warm-up's freed blocks would stay in the heap and the measured call would reuse them unseen.
+    """
+    from var_engine.cpu_memory import M_TRIM_THRESHOLD, glibc_malloc
+
+    libc = glibc_malloc()
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 128 << 10)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 128 << 10))
+
+
 def measure_here(spec: CallSpec) -> int | None:
     """The measurement itself; meaningful only in a process that has not generated before."""
     from bench.sampler import build
 
+    return_freed_memory()
     if spec.threads:
         torch.set_num_threads(spec.threads)
     pipe = build(spec.model, spec.device)
