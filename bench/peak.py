@@ -7,7 +7,7 @@ settings (lazy initialisation), then measures the call itself:
 - CUDA: the growth of torch.cuda.max_memory_allocated over the memory allocated before the call;
 - Linux CPU: the growth of the process's peak resident set (VmHWM, reset before the call through
   /proc/self/clear_refs) over its resident size before the call, with glibc told to return every
-  freed block of 128 KiB or more to the OS (`return_freed_memory`), so the warm-up leaves nothing
+  freed block of 16 KiB or more to the OS (`return_freed_memory`), so the warm-up leaves nothing
   behind that the call could reuse unseen.
 Both include the KV cache, activations, sampling buffers and the decoder's working memory, not the
 weights. On other platforms the CPU figure is None.
@@ -68,7 +68,7 @@ def peak_rss_growth(run: Callable[[], object]) -> int | None:
 
 
 def return_freed_memory() -> bool:
-    """Make glibc hand every freed block of 128 KiB or more back to the OS (False where malloc is not glibc's).
+    """Make glibc hand every freed block of 16 KiB or more back to the OS (False where malloc is not glibc's).
 
     glibc otherwise raises its mmap threshold to the size of each mapped block it frees (up to 32 MB),
     so the warm-up's freed blocks would stay in the heap and the measured call would reuse them unseen.
@@ -78,7 +78,7 @@ def return_freed_memory() -> bool:
     libc = glibc_malloc()
     if libc is None or not hasattr(libc, "mallopt"):
         return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, 128 << 10)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 128 << 10))
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 16 << 10)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 16 << 10))
 
 
 def measure_here(spec: CallSpec) -> int | None:
