@@ -13,14 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-from bench.common import markdown_table, parse_args, write_results
+from bench.common import markdown_table, parse_args, run_module_json, write_results
 
 SETTINGS = ("default", "keep")
 
@@ -59,12 +56,9 @@ def child(args: argparse.Namespace) -> None:
 
 
 def run_child(args: argparse.Namespace, model: str, setting: str) -> dict:
-    cmd = [sys.executable, "-m", "bench.allocator", "--child", setting, "--model", model, "--batch", str(args.batch),
-           "--plans", args.plans, "--repeats", str(args.repeats), "--draw", args.draw, "--threads", str(args.threads)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=Path(__file__).resolve().parents[1])
-    if done.returncode:
-        raise SystemExit(f"child process failed ({setting}, {model}):\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_module_json("bench.allocator", [
+        "--child", setting, "--model", model, "--batch", str(args.batch), "--plans", args.plans,
+        "--repeats", str(args.repeats), "--draw", args.draw, "--threads", str(args.threads)])
 
 
 def main(argv=None) -> None:

@@ -1,9 +1,11 @@
-"""Shared benchmark helpers: result files, markdown tables, environment description."""
+"""Shared benchmark helpers: result files, markdown tables, environment description, child processes."""
 from __future__ import annotations
 
 import json
 import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -15,6 +17,18 @@ RESULTS_ENV = "VAR_ENGINE_BENCH_RESULTS"
 def results_dir() -> Path:
     """bench/results, or $VAR_ENGINE_BENCH_RESULTS (the smoke tests write elsewhere)."""
     return Path(os.environ.get(RESULTS_ENV) or Path(__file__).resolve().parent / "results")
+
+
+def run_module_json(module: str, args: Sequence[str], timeout: float | None = None) -> Any:
+    """Run `python -m module args...` in a fresh process from the repository root; parse its last stdout line
+    as JSON. Raises RuntimeError with the end of its stderr when it fails."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run([sys.executable, "-m", module, *args], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    if done.returncode:
+        raise RuntimeError(f"python -m {module} {' '.join(args)} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def parse_args(parser, argv=None):

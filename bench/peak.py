@@ -17,8 +17,6 @@ Usage (one measurement): python -m bench.peak '{"model": "default", "batch": 64,
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +24,8 @@ from typing import Callable
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.common import run_module_json
+
 STATUS = Path("/proc/self/status")
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h); setting it turns off the dynamic threshold
 
@@ -105,12 +104,7 @@ def measure_here(spec: CallSpec) -> int | None:
 
 def peak_call_bytes(spec: CallSpec, timeout: float = 1800) -> int | None:
     """Peak memory of the call `spec` describes, measured in a child process (see the module doc)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-m", "bench.peak", json.dumps(asdict(spec))], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"peak-memory child for {spec} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"]
+    return run_module_json("bench.peak", [json.dumps(asdict(spec))], timeout)["peak_bytes"]
 
 
 def main(argv=None) -> None:
