@@ -27,7 +27,6 @@ import torch
 from bench.common import run_module_json
 
 STATUS = Path("/proc/self/status")
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h); setting it turns off the dynamic threshold
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ def return_freed_memory() -> bool:
     glibc otherwise raises its mmap threshold to the size of each mapped block it frees (up to 32 MB),
     so the warm-up's freed blocks would stay in the heap and the measured call would reuse them unseen.
     """
-    from var_engine.cpu_memory import M_TRIM_THRESHOLD, glibc_malloc
+    from var_engine.cpu_memory import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, glibc_malloc
 
     libc = glibc_malloc()
     if libc is None or not hasattr(libc, "mallopt"):
@@ -92,13 +91,9 @@ def measure_here(spec: CallSpec) -> int | None:
     settings = dict(seed=0, cfg=spec.cfg, depth=spec.depth, switch_scale=spec.switch_scale,
                     transient_last_scale=spec.transient_last_scale, draw=spec.draw)
     pipe.generate(labels[:1], **settings)
-    if pipe.device.type == "cuda":
-        torch.cuda.synchronize(pipe.device)
+    if pipe.device.type == "cuda":  # generate resets CUDA's peak statistics and reports the call's peak
         before = torch.cuda.memory_allocated(pipe.device)
-        torch.cuda.reset_peak_memory_stats(pipe.device)
-        pipe.generate(labels, **settings)
-        torch.cuda.synchronize(pipe.device)
-        return torch.cuda.max_memory_allocated(pipe.device) - before
+        return pipe.generate(labels, **settings).stats.peak_memory_bytes - before
     return peak_rss_growth(lambda: pipe.generate(labels, **settings))
 
 

@@ -15,8 +15,8 @@ import platform
 
 log = logging.getLogger(__name__)
 
-# glibc's mallopt parameters (malloc.h)
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+# glibc's mallopt parameters (malloc.h); setting M_MMAP_THRESHOLD also turns off its dynamic adjustment
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
 KEEP_ALL = 2 ** 31 - 1  # the largest value mallopt takes: never trim
 
 
