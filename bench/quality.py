@@ -20,12 +20,13 @@ from var_engine.train_transformer import evaluate_tokens
 
 
 def generate_set(pipe: Pipeline, per_class: int, cfg: float, seed: int, plan=None, batch: int = 200,
-                 draw: str = "release"):
+                 draw: str = "release", top_k: int = 900, top_p: float = 0.96):
     """per_class images of every class; image i of class c has a fixed seed stream per batch."""
     labels = torch.arange(pipe.config.num_classes).repeat_interleave(per_class)
     images = []
     for i in range(0, len(labels), batch):
-        out = pipe.generate(labels[i:i + batch], seed=seed + i, cfg=cfg, layer_plan=plan, draw=draw)
+        out = pipe.generate(labels[i:i + batch], seed=seed + i, cfg=cfg, layer_plan=plan, draw=draw,
+                            top_k=top_k, top_p=top_p)
         images.append(out.images.cpu())
     return torch.cat(images), labels
 
@@ -71,6 +72,8 @@ def main(argv=None) -> None:
     p.add_argument("--depths", default="", help="also measure these subnet depths (e.g. 4,2)")
     p.add_argument("--switch-scale", type=int, default=None, help="default: the checkpoint's own")
     p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--top-k", type=int, default=900, help="sampling top-k (0: off)")
+    p.add_argument("--top-p", type=float, default=0.96, help="sampling top-p (0: off)")
     p.add_argument("--grid", default=None, help="write a 10 x 8 sample grid PNG here")
     p.add_argument("--out-name", default="quality")
     p.add_argument("--reference", default=None,
@@ -103,7 +106,8 @@ def main(argv=None) -> None:
                               block_tokens=plan.block_tokens() if plan else None)["heldout_loss"]
         for cfg in cfgs:
             t0 = time.perf_counter()
-            images, labels = generate_set(pipe, args.per_class, cfg, args.seed, plan)
+            images, labels = generate_set(pipe, args.per_class, cfg, args.seed, plan, top_k=args.top_k,
+                                          top_p=args.top_p)
             dt = (time.perf_counter() - t0) / len(images)
             rows.append({"set": "generated", "cfg": cfg, "depth": depth if plan else f"{D} (full)",
                          "accuracy": accuracy(evaluator, images, labels),
@@ -117,7 +121,8 @@ def main(argv=None) -> None:
         save_grid(images, args.grid, nrow=8)
     table = (f"Tokenizer: held-out PSNR {tok['psnr']:.2f} dB, codebook usage {tok['codebook_usage']:.1f}% "
              f"of {pipe.config.tokenizer.vocab_size} codes\n\n"
-             f"Generated: {args.per_class} per class; FID-style distance from the shipped evaluator's features "
+             f"Generated: {args.per_class} per class, top-k {args.top_k}, top-p {args.top_p}; FID-style distance "
+             "from the shipped evaluator's features "
              f"against {args.reference or f'{len(held01)} held-out digits'} (not comparable to Inception FID). "
              "heldout_nll: teacher-forced cross-entropy (nats/token) of the held-out digits' tokens under the "
              "depth plan (low-noise, independent of sampling).\n\n"
@@ -125,7 +130,8 @@ def main(argv=None) -> None:
                                   "s_per_image"]
                             + (["fid_inception"] if args.inception else [])))
     write_results(args.out_name, {"checkpoint": pipe.meta.get("path"), "tokenizer": tok, "rows": rows,
-                                  "per_class": args.per_class, "switch_scale": args.switch_scale or pipe.default_switch_scale()},
+                                  "per_class": args.per_class, "top_k": args.top_k, "top_p": args.top_p,
+                                  "switch_scale": args.switch_scale or pipe.default_switch_scale()},
                   table)
 
 
