@@ -219,3 +219,20 @@ def test_allocator_smoke(results):
     assert all(r["default_s_per_image"] > 0 and r["keep_s_per_image"] > 0 for r in payload["rows"])
     with pytest.raises(SystemExit, match="plan"):
         allocator.main(["--plans", "2-3"])
+
+
+def test_quality_sampling_filters_reach_the_sampler(results):
+    import torch
+
+    from bench import quality
+    from var_engine import Pipeline
+
+    pipe = Pipeline.from_pretrained()
+    greedy = [quality.generate_set(pipe, 1, 1.5, seed, top_k=1)[0] for seed in (0, 1)]
+    assert torch.equal(*greedy)  # top-k 1 draws the argmax: the seed no longer matters
+    sampled = [quality.generate_set(pipe, 1, 1.5, seed)[0] for seed in (0, 1)]
+    assert not torch.equal(*sampled)
+    quality.main(["--per-class", "2", "--cfgs", "1.5", "--top-k", "1", "--top-p", "0.5"])
+    data = json.loads((results / "quality.json").read_text())
+    assert (data["top_k"], data["top_p"]) == (1, 0.5)
+    assert "top-k 1, top-p 0.5" in (results / "quality.md").read_text()
