@@ -2,7 +2,8 @@
 # The GPU checks in one run (about 5 minutes on an H200, plus the optional parts): the CUDA tests,
 # the side by side with the official code (given a checkout in $OFFICIAL_DIR, default .official),
 # the sampler's GPU mode (runners vs the physical floor, eager top ops), the decoder's settings with
-# the profiler's top ops, torch.compile per block; with WITH_COMPILE=1 also whole steps under
+# the profiler's top ops, torch.compile per block, the VARiant depth plans' speed and KV (default model
+# at batch 256 and d16, CUDA graphs, fast draw; no quality); with WITH_COMPILE=1 also whole steps under
 # 'reduce-overhead' (VAR-d16 took over 150 s to compile that way on an H200), and with FRONTIER_STEPS
 # set, the supernet schedule frontier at that many steps (FRONTIER_SCHEDULES picks the schedules; with
 # FRONTIER_RESUME=1 those already in bench/results/supernet_frontier.json are not trained again).
@@ -51,6 +52,8 @@ step 90 draw python -m bench.draw --device cuda --models d16 --layout-batches 1,
 step 180 sampler_compile python -m bench.sampler --device cuda --models d16 --batches 1,64 --precision bf16 \
   --runners eager,cuda-graphs,compile --compile-granularity block --no-reference --repeats 3 \
   --out-name sampler_gpu_compile_block
+step 240 variant python -m bench.variant --device cuda --models default,d16 --runner cuda-graphs --draw fast \
+  --batch 256 --per-class 0 --repeats 5 --out-name variant_gpu
 if [ -n "${WITH_COMPILE:-}" ]; then
   step 600 sampler_compile_graphs python -m bench.sampler --device cuda --models d16 --batches 1 --precision bf16 \
     --runners eager,compile --compile-mode reduce-overhead --compile-granularity step --no-reference --repeats 3 \
