@@ -11,6 +11,7 @@ import torch
 
 from bench.common import markdown_table, parse_args, write_results
 from var_engine import Pipeline
+from var_engine.config import SamplingConfig
 from var_engine.data import DigitsDataset
 from var_engine.evaluator import FeatureExtractor, accuracy
 from var_engine.images import save_grid
@@ -20,7 +21,8 @@ from var_engine.train_transformer import evaluate_tokens
 
 
 def generate_set(pipe: Pipeline, per_class: int, cfg: float, seed: int, plan=None, batch: int = 200,
-                 draw: str = "release", top_k: int = 900, top_p: float = 0.96):
+                 draw: str = "release", top_k: int = SamplingConfig.top_k,
+                 top_p: float = SamplingConfig.top_p):
     """per_class images of every class; image i of class c has a fixed seed stream per batch."""
     labels = torch.arange(pipe.config.num_classes).repeat_interleave(per_class)
     images = []
@@ -72,8 +74,8 @@ def main(argv=None) -> None:
     p.add_argument("--depths", default="", help="also measure these subnet depths (e.g. 4,2)")
     p.add_argument("--switch-scale", type=int, default=None, help="default: the checkpoint's own")
     p.add_argument("--seed", type=int, default=1000)
-    p.add_argument("--top-k", type=int, default=900, help="sampling top-k (0: off)")
-    p.add_argument("--top-p", type=float, default=0.96, help="sampling top-p (0: off)")
+    p.add_argument("--top-k", type=int, default=SamplingConfig.top_k, help="sampling top-k (0: off)")
+    p.add_argument("--top-p", type=float, default=SamplingConfig.top_p, help="sampling top-p (0: off)")
     p.add_argument("--grid", default=None, help="write a 10 x 8 sample grid PNG here")
     p.add_argument("--out-name", default="quality")
     p.add_argument("--reference", default=None,
