@@ -86,7 +86,10 @@ def test_quality_smoke(results):
 
     from bench import quality
 
-    quality.main(["--per-class", "3", "--cfgs", "1.5", "--depths", "2"])
+    quality.main(["--per-class", "3", "--cfgs", "1.5", "--depths", "2", "--top-k", "1", "--top-p", "0.5"])
+    data = json.loads((results / "quality.json").read_text())
+    assert (data["top_k"], data["top_p"]) == (1, 0.5)  # the sampling filters are recorded
+    assert "top-k 1, top-p 0.5" in (results / "quality.md").read_text()
     r = rows(results / "quality.json")
     assert len(r) == 3 and all(0 <= x["accuracy"] <= 1 for x in r)
     full, subnet = r[1]["heldout_nll"], r[2]["heldout_nll"]
@@ -232,7 +235,3 @@ def test_quality_sampling_filters_reach_the_sampler(results):
     assert torch.equal(*greedy)  # top-k 1 draws the argmax: the seed no longer matters
     sampled = [quality.generate_set(pipe, 1, 1.5, seed)[0] for seed in (0, 1)]
     assert not torch.equal(*sampled)
-    quality.main(["--per-class", "2", "--cfgs", "1.5", "--top-k", "1", "--top-p", "0.5"])
-    data = json.loads((results / "quality.json").read_text())
-    assert (data["top_k"], data["top_p"]) == (1, 0.5)
-    assert "top-k 1, top-p 0.5" in (results / "quality.md").read_text()
