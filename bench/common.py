@@ -11,6 +11,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from var_engine.devices import set_threads
+
 RESULTS_ENV = "VAR_ENGINE_BENCH_RESULTS"
 
 
@@ -35,8 +37,7 @@ def parse_args(parser, argv=None):
     """Add --threads, parse, and apply the thread count (torch's choice when 0)."""
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     return args
 
 

@@ -14,12 +14,12 @@ CONFIGS = ["tiny64_d2", "tiny64_d4_saln", "full256_d2"]
 
 @pytest.fixture(autouse=True)
 def allocator_calls(monkeypatch):
-    """The CLI's process-wide allocator setting, recorded instead of applied to the test process
+    """The loader's process-wide allocator setting, recorded instead of applied to the test process
     (tests/test_cpu_memory.py checks the real one in child processes)."""
-    from var_engine import cli_common
+    from var_engine import loading
 
     calls = []
-    monkeypatch.setattr(cli_common, "keep_freed_cpu_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(loading, "keep_freed_cpu_memory", lambda: calls.append(1) or True)
     return calls
 
 

@@ -63,3 +63,55 @@ def test_bad_training_settings_are_messages(tmp_path, capsys, extra, message):
 
     assert main(["train", "--tokenizer", str(tmp_path / "missing"), "--out", str(tmp_path / "run"), *extra]) == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+# Every command, given flag values that parse but cannot work: one line on stderr, exit code 2, no traceback.
+BAD_FLAGS = {
+    "generate": [["--class", "42"], ["--cfg", "nan"], ["--top-p", "2"], ["--num", "0"], ["--depth", "0"],
+                 ["--attention", "xformers"], ["--device", "nonsense"], ["--device", "cuda:7"], ["--threads", "-1"],
+                 ["--precision", "fp16"], ["--runner", "cuda-graphs"], ["--checkpoint", "{tmp}/missing"],
+                 ["--official-vae", "{tmp}/vae.pth"], ["--memory-budget", "1", "--depth", "2"],
+                 ["--class", "1", "--num", "1", "-o", "/proc/no/such/dir/out.png"]],
+    "sample": [["--outdir", "{tmp}/s", "--classes", "3,99"], ["--outdir", "{tmp}/s", "--per-class", "0"],
+               ["--outdir", "/proc/no/such/dir", "--per-class", "1", "--classes", "1"],
+               ["--outdir", "{tmp}/s", "--device", "cuda"]],
+    "info": [["--attention", "xformers"], ["{tmp}"], ["--threads", "-3"], ["--device", "gpu0"],
+             ["--official-vae", "{tmp}/a.pth", "--official-var", "{tmp}/b.pth"]],
+    "bench": [["no-such-benchmark"], ["memory", "--threads", "-1"]],
+    "train-tokenizer": [["--out", "{tmp}/t", "--steps", "0"], ["--out", "{tmp}/t", "--device", "cuda"],
+                        ["--out", "{tmp}/t", "--image-size", "30"], ["--out", "{tmp}/t", "--data", "{tmp}/none"],
+                        ["--out", "/proc/no/such/run", "--steps", "1"]],
+    "train": [["--tokenizer", "{tmp}/missing", "--out", "{tmp}/r"],
+              ["--tokenizer", "{tmp}/missing", "--out", "{tmp}/r", "--supernet", "--schedule", "fixed:7"]],
+    "train-evaluator": [["--out", "{tmp}/e", "--lr", "nan"], ["--out", "{tmp}/e", "--threads", "-2"],
+                        ["--out", "{tmp}/e", "--data", "{tmp}/none"]],
+}
+
+
+def run_cli(argv, capsys) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def test_every_command_has_bad_flag_cases():
+    from var_engine.cli_common import COMMANDS
+
+    assert set(BAD_FLAGS) == set(COMMANDS)
+
+
+@pytest.mark.parametrize("command, flags", [(c, f) for c, cases in BAD_FLAGS.items() for f in cases],
+                         ids=lambda x: " ".join(x) if isinstance(x, list) else x)
+def test_bad_flag_values_are_one_line_errors(command, flags, tmp_path, capsys, allocator_calls):
+    flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
+    if command == "generate" and "-o" not in flags:
+        flags += ["-o", str(tmp_path / "out.png")]
+    if command in ("generate", "sample"):
+        flags += ["--quiet"]
+    code, err = run_cli([command, *flags], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert "Traceback" not in err and lines and lines[-1].startswith("error: "), err
+    assert not any(p.name.startswith(".") and p.suffix == ".tmp" for p in tmp_path.rglob("*"))  # nothing half-written

@@ -7,6 +7,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .errors import ConfigError
+
 # q, k, v: (B, H, L, D); mask: additive (1, 1, Lq, Lk) or None -> (B, H, Lq, D)
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float, "torch.Tensor | None"], torch.Tensor]
 
@@ -47,8 +49,8 @@ def resolve_backend(name: str | None, device: torch.device | str = "cpu") -> Att
     if name in (None, "auto"):
         return sdpa_attention
     if name not in BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; choose from {sorted(BACKENDS)} or 'auto'")
+        raise ConfigError(f"unknown attention backend {name!r}; choose from {sorted(BACKENDS)} or 'auto'")
     if name not in available_backends(device):
-        raise ValueError(f"attention backend {name!r} is not available on {torch.device(device).type}"
+        raise ConfigError(f"attention backend {name!r} is not available on {torch.device(device).type}"
                          " (xformers needs CUDA and the 'gpu' extra)")
     return BACKENDS[name]

@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 from typing import Sequence
 
@@ -188,21 +189,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Errors reach the user as one line: exit code 2 for bad input, settings, files
+    and checkpoints, 3 for out of memory, 1 for anything unexpected (--verbose adds the traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return int(args.func(args) or 0)
-    except VarEngineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except torch.OutOfMemoryError as e:
-        print(f"error: out of memory ({e}); try a smaller --batch-size", file=sys.stderr)
+        print(f"error: out of memory ({str(e).splitlines()[0] if str(e) else 'allocation failed'}); "
+              "try a smaller --batch-size", file=sys.stderr)
         return 3
+    except (VarEngineError, ValueError, OSError) as e:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001  (the command line never shows a traceback unless asked)
+        if args.verbose:
+            traceback.print_exc()
+        print(f"error: unexpected {type(e).__name__}: {one_line(e)}"
+              f"{'' if args.verbose else ' (rerun with --verbose for the traceback)'}", file=sys.stderr)
+        return 1
 
+
+def one_line(error: BaseException) -> str:
+    """An exception as one line of text (OSError: 'message: path')."""
+    if isinstance(error, OSError) and error.strerror:
+        text = f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())
 
 if __name__ == "__main__":
     sys.exit(main())

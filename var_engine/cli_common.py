@@ -7,9 +7,9 @@ from typing import Callable
 import torch
 
 from .config import DRAW_METHODS, OFFICIAL_PATCH_NUMS_256
-from .cpu_memory import keep_freed_cpu_memory
 from .errors import VarEngineError
 from .linear import LINEAR_BACKENDS
+from .loading import LoadSettings, load_pipeline as load_configured_pipeline
 from .pipeline import PRECISIONS
 from .sampling.runners import COMPILE_MODES, GRANULARITIES, RUNNERS
 
@@ -60,22 +60,16 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "(var_engine.cpu_memory; faster repeated generation on CPU, the process keeps its peak)")
 
 
-def load_pipeline(args: argparse.Namespace):
-    from .pipeline import Pipeline
+def load_settings(args: argparse.Namespace) -> LoadSettings:
+    return LoadSettings(checkpoint=args.checkpoint, official_vae=args.official_vae, official_var=args.official_var,
+                        patch_nums=args.patch_nums, num_heads=args.num_heads, device=args.device,
+                        threads=args.threads, attention=args.attention, linear=args.linear, runner=args.runner,
+                        compile_mode=args.compile_mode, compile_granularity=args.compile_granularity,
+                        precision=args.precision, keep_freed_memory=args.keep_freed_memory)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.keep_freed_memory:
-        keep_freed_cpu_memory()
-    if args.official_vae or args.official_var:
-        if not (args.official_vae and args.official_var):
-            raise VarEngineError("--official-vae and --official-var go together")
-        pipe = Pipeline.from_official(args.official_vae, args.official_var, patch_nums=args.patch_nums,
-                                      num_heads=args.num_heads, device=args.device, attention=args.attention)
-    else:
-        pipe = Pipeline.from_pretrained(args.checkpoint, device=args.device, attention=args.attention)
-    pipe.autocast(args.precision)  # checks the precision fits the device before any work
-    return pipe.with_linear(args.linear).with_runner(args.runner, args.compile_mode, args.compile_granularity)
+
+def load_pipeline(args: argparse.Namespace):
+    return load_configured_pipeline(load_settings(args))
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:

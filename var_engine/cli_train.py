@@ -40,11 +40,16 @@ def add_train_args(p: argparse.ArgumentParser, *, steps: int, batch_size: int, l
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(out_dir=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                       weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, grad_clip=args.grad_clip,
-                       ema_decay=args.ema, eval_every=args.eval_every, ckpt_every=args.ckpt_every,
-                       log_every=args.log_every, seed=args.seed, num_workers=args.workers, device=args.device,
-                       threads=args.threads)
+    """The run's settings, checked (device, threads, run folder) before any data is loaded."""
+    from .training import check_run
+
+    cfg = TrainConfig(out_dir=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                      weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, grad_clip=args.grad_clip,
+                      ema_decay=args.ema, eval_every=args.eval_every, ckpt_every=args.ckpt_every,
+                      log_every=args.log_every, seed=args.seed, num_workers=args.workers, device=args.device,
+                      threads=args.threads)
+    check_run(cfg)
+    return cfg
 
 
 def _datasets(args: argparse.Namespace, size: int):
@@ -68,9 +73,10 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     tok_cfg = TokenizerConfig(vocab_size=args.vocab_size, z_channels=args.z_channels, ch=args.ch, ch_mult=args.ch_mult,
                               num_res_blocks=args.num_res_blocks, norm_groups=args.norm_groups,
                               using_sa=args.attn, using_mid_sa=args.attn, patch_nums=args.patch_nums)
+    cfg = train_config(args)
     train, heldout = _datasets(args, args.image_size)
     held_images = heldout.tensors()[0] if heldout is not None else None
-    train_tokenizer(tok_cfg, train_config(args), train, held_images,
+    train_tokenizer(tok_cfg, cfg, train, held_images,
                     TokenizerLoss(dead_code_every=args.dead_code_every), progress=not args.no_progress)
     print(f"tokenizer written to {args.out}")
     return 0
@@ -109,6 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.distill_teacher and distill is None:
         raise ConfigError("--distill-teacher needs a distillation weight: --distill W with W in (0, 1]")
     schedule = SupernetSchedule.parse(args.schedule)
+    cfg = train_config(args)
     tokenizer = load_tokenizer(args.tokenizer)
     tcfg = tokenizer.cfg
     train, heldout = _datasets(args, tcfg.image_size)
@@ -147,7 +154,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         record = {"weight": distill.weight, "temperature": distill.temperature,
                   **({"teacher": str(args.distill_teacher)} if teacher is not None else {})}
         extra.setdefault("variant" if args.supernet else "fine_tune", {})["distill"] = record
-    cfg = train_config(args)
     train_transformer(model_cfg, tokenizer, cfg, train, heldout, plan=plan, init_from=init_from, distill=distill,
                       teacher=teacher,
                       augment_copies=args.augment_copies, label_smoothing=args.label_smoothing,
@@ -196,11 +202,12 @@ cmd_train.configure = _configure_train
 def cmd_train_evaluator(args: argparse.Namespace) -> int:
     from .evaluator import EvaluatorConfig, accuracy, train_evaluator
 
+    cfg = train_config(args)
     train, heldout = _datasets(args, args.image_size)
     num_classes = getattr(train, "num_classes", None) or len(train.classes)
     held = heldout.tensors() if heldout is not None else None
     model = train_evaluator(EvaluatorConfig(num_classes=num_classes, image_size=args.image_size, width=args.width),
-                            train_config(args), train, held, progress=not args.no_progress,
+                            cfg, train, held, progress=not args.no_progress,
                             save_dtype=save_dtype(args.save_dtype))
     if held is not None:
         print(f"held-out accuracy: {accuracy(model, held[0].add(1).mul(0.5), held[1]):.4f}")

@@ -1,6 +1,7 @@
 """Pipeline: tokenizer + transformer + sampler composed behind one `generate` call."""
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
@@ -15,6 +16,7 @@ from .checkpoints import (adapt_tokenizer_state_dict, infer_tokenizer_config, in
                           load_component, load_weights, read_model_config, read_pretrained_config,
                           read_state_dict, save_pretrained)
 from .config import OFFICIAL_PATCH_NUMS_256, ModelConfig, SamplingConfig
+from .devices import resolve_device
 from .errors import CheckpointError, ConfigError, InputError
 from .sampling import (EagerRunner, LayerPlan, ScaleHook, ScaleStats, last_run_scales, layer_capacities,
                        make_runner, sample)
@@ -29,9 +31,19 @@ PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat1
 
 
 def default_checkpoint_dir() -> Path:
-    """The embedded default model (`checkpoints/default`), or $VAR_ENGINE_CHECKPOINT."""
+    """The embedded default model, or $VAR_ENGINE_CHECKPOINT.
+
+    Installed (wheel, plain or editable install) it is the `var_engine_checkpoints` package data; in a
+    source tree that is not installed, the repository's `checkpoints/default`.
+    """
     env = os.environ.get(DEFAULT_CHECKPOINT_ENV)
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "checkpoints" / "default"
+    if env:
+        return Path(env)
+    spec = importlib.util.find_spec("var_engine_checkpoints")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(location) / "default" / "config.json").is_file():
+            return Path(location) / "default"
+    return Path(__file__).resolve().parent.parent / "checkpoints" / "default"
 
 
 @dataclass
@@ -107,7 +119,7 @@ class Pipeline:
                                {"tokenizer": self.tokenizer, "transformer": self.transformer}, extra_config)
 
     def to(self, device: str | torch.device) -> "Pipeline":
-        device = torch.device(device)
+        device = resolve_device(device)
         self.tokenizer.to(device)
         self.transformer.to(device)
         for m in self.components.values():

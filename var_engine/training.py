@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from .devices import resolve_device, set_threads
 from .errors import CheckpointError, ConfigError
 
 STATE_FILE = "train_state.pt"
@@ -90,7 +91,7 @@ class DistContext:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        dev = torch.device(device)
+        dev = resolve_device(device)
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device("cuda", self.local_rank)
         self.device = dev
@@ -156,11 +157,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_run(cfg: TrainConfig) -> None:
+    """What can fail before any work: the device, the thread count, the run folder (created here)."""
+    resolve_device(cfg.device)
+    if cfg.threads < 0:
+        raise ConfigError(f"threads must be a positive integer (or 0 for torch's choice), got {cfg.threads}")
+    try:
+        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the run folder {cfg.out_dir}: {e.strerror or e}") from e
+
+
 def start_run(cfg: TrainConfig) -> DistContext:
-    """Join the torchrun process group (if any), set CPU threads, seed this process."""
+    """Check the run (`check_run`), join the torchrun process group (if any), set CPU threads, seed this
+    process."""
+    check_run(cfg)
     ctx = DistContext(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     seed_everything(cfg.seed + ctx.rank)
     return ctx
 
