@@ -54,6 +54,8 @@ class GenerationStats:
     kv_bytes: int  # peak bytes held by the KV cache during the call
     per_scale: list[ScaleStats] = field(default_factory=list)
     peak_memory_bytes: int | None = None  # CUDA only: peak allocated memory of the call
+    hook_seconds: float = 0.0  # inside transformer_seconds: time spent in scale hooks (their decodes included)
+    decodes: int = 0  # partial images decoded for hooks
 
 
 @dataclass
@@ -343,19 +345,26 @@ class Pipeline:
         with autocast:
             result = sample(self.transformer, self.tokenizer.quantize, labels_B, settings, generator=generator,
                             layer_plan=layer_plan, hooks=hooks, transient_last_scale=transient_last_scale,
-                            runner=self.runner)
+                            runner=self.runner, decoder=self.decode_fhat)
         t1 = time.perf_counter()
         images = None
         if decode:
-            with autocast:
-                images = self.tokenizer.fhat_to_images(result.f_hat).float().add_(1).mul_(0.5)
+            images = result.population.cached_images() if result.population is not None else None
+            if images is None:
+                with autocast:
+                    images = self.decode_fhat(result.f_hat)
             if cuda:
                 torch.cuda.synchronize(self.device)
         t2 = time.perf_counter()
         stats = GenerationStats(seconds=t2 - t0, transformer_seconds=t1 - t0, decode_seconds=t2 - t1,
                                 kv_bytes=result.kv_peak_bytes, per_scale=result.per_scale,
-                                peak_memory_bytes=torch.cuda.max_memory_allocated(self.device) if cuda else None)
+                                peak_memory_bytes=torch.cuda.max_memory_allocated(self.device) if cuda else None,
+                                hook_seconds=sum(s.hook_seconds for s in result.per_scale), decodes=result.decodes)
         return GenerateOutput(images, result.tokens, result.labels, stats)
+
+    def decode_fhat(self, f_hat: torch.Tensor) -> torch.Tensor:
+        """Accumulated latents (B, C, h, w) -> images (B, 3, H, W) in [0, 1] (float32)."""
+        return self.tokenizer.fhat_to_images(f_hat).float().add_(1).mul_(0.5)
 
     def num_parameters(self) -> dict[str, int]:
         return {"tokenizer": sum(p.numel() for p in self.tokenizer.parameters()),

@@ -2,7 +2,8 @@
 
 Add-ons plug in through two small interfaces chosen before the loop:
 - a `LayerPlan` (scale_index -> blocks to run) for depth-switchable subnets;
-- `ScaleHook`s called after each scale, which may return population indices to keep
+- `ScaleHook`s called after each scale with a `ScaleStep` (the `Population`, the scale index and
+  count, partial images on request), which may return population indices to continue with
   (repeats allowed, any length up to the current batch) for search methods.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..config import SamplingConfig
 from ..tokenizer.quantizer import MultiScaleQuantizer
 from ..transformer import VARTransformer
 from .logits import Generators, cfg_mix, filter_and_draw, guidance_scale, gumbel_smooth
+from .population import Decoder, Population
 from .runners import CacheSpec, EagerRunner
 
 LayerPlan = Callable[[int], "Sequence[int] | None"]  # scale_index -> blocks to run (None: all)
@@ -25,30 +27,65 @@ LayerPlan = Callable[[int], "Sequence[int] | None"]  # scale_index -> blocks to 
 
 @dataclass
 class ScaleStep:
-    """What a hook sees after scale `scale_index` (batch B = current population)."""
+    """What a hook sees after scale `scale_index` of `num_scales`: the current population.
+
+    The fields read the population at the time of access, so a hook after one that selected sees the
+    selected population (tokens, logits, latents, labels and groups alike).
+    """
 
     scale_index: int
-    idx_Bl: torch.Tensor  # tokens drawn at this scale
-    logits_BlV: torch.Tensor  # guided logits after top-k/top-p filtering
-    f_hat_BChw: torch.Tensor  # accumulated latent so far
-    labels_B: torch.Tensor
-    tokens_BL: torch.Tensor  # all tokens drawn so far, coarse to fine
+    num_scales: int
+    population: Population
+
+    @property
+    def idx_Bl(self) -> torch.Tensor:  # tokens drawn at this scale
+        return self.population.drawn[-1]
+
+    @property
+    def logits_BlV(self) -> torch.Tensor:  # guided logits after top-k/top-p filtering
+        return self.population.logits
+
+    @property
+    def f_hat_BChw(self) -> torch.Tensor:  # accumulated latent so far
+        return self.population.f_hat
+
+    @property
+    def labels_B(self) -> torch.Tensor:
+        return self.population.labels
+
+    @property
+    def group_B(self) -> torch.Tensor:  # which request each sample serves
+        return self.population.group
+
+    @property
+    def tokens_BL(self) -> torch.Tensor:  # all tokens drawn so far, coarse to fine
+        return self.population.tokens
+
+    @property
+    def is_last(self) -> bool:
+        return self.scale_index == self.num_scales - 1
+
+    def decode(self) -> torch.Tensor:
+        """The partial images (B, 3, H, W) in [0, 1]: one decoder pass, made only when asked."""
+        return self.population.images()
 
 
 class ScaleHook(Protocol):
     def after_scale(self, step: ScaleStep) -> torch.Tensor | None:
-        """Return population indices to continue with, or None to keep the population."""
+        """Return population indices to continue with (repeats allowed), or None to keep the population."""
 
 
 @dataclass
 class ScaleStats:
     scale_index: int
     patch_num: int
-    batch: int
+    batch: int  # samples that generated this scale
     tokens: int  # tokens generated at this scale (batch * pn^2)
-    seconds: float
+    seconds: float  # the whole scale, hooks included
     kv_bytes: int  # bytes held by the cache after this scale
     layers: int  # blocks run at this scale
+    hook_seconds: float = 0.0  # time spent in hooks (decodes included)
+    selected: int | None = None  # population after the hooks (None: unchanged)
 
 
 @dataclass
@@ -59,6 +96,12 @@ class SampleResult:
     per_scale: list[ScaleStats] = field(default_factory=list)
     kv_peak_bytes: int = 0
     seconds: float = 0.0
+    group: torch.Tensor | None = None  # (B,) request of each final sample
+    lineage: torch.Tensor | None = None  # (B,)
+    scores: dict[int, torch.Tensor] = field(default_factory=dict)  # scale -> (B,) scores hooks recorded
+    decodes: int = 0  # images decoded for hooks
+    decode_seconds: float = 0.0  # of those decodes
+    population: Population | None = None  # the final population (its images() reuses a hook's decode)
 
 
 def last_run_scales(plan: LayerPlan | None, depth: int, num_scales: int) -> list[int]:
@@ -109,16 +152,19 @@ def _sync(device: torch.device) -> None:
 def sample(transformer: VARTransformer, quantizer: MultiScaleQuantizer, labels_B: torch.Tensor,
            settings: SamplingConfig, *, generator: Generators = None,
            layer_plan: LayerPlan | None = None, hooks: Sequence[ScaleHook] = (),
-           transient_last_scale: bool = False, runner: EagerRunner | None = None) -> SampleResult:
+           transient_last_scale: bool = False, runner: EagerRunner | None = None,
+           groups: torch.Tensor | None = None, decoder: Decoder | None = None) -> SampleResult:
     """Sample token maps for `labels_B` scale by scale; returns tokens and the final f_hat.
 
     Parity with the release (settings.draw == "release"): the same generator draws one
     multinomial per scale over the (B*l, V) guided probabilities. A list of per-sample
-    generators makes every sample independent of its batch (used for reproducible, shardable batch generation); they follow
-    the population when hooks reindex it. With cfg == 0 the unconditional half is skipped
-    (identical tokens, half the work). transient_last_scale keeps the final scale's keys/values
-    out of the cache (one layer's worth exists at a time): about a third less peak KV memory.
-    runner: how each scale step executes (eager by default; compiled or CUDA graphs, see runners).
+    generators makes every sample independent of its batch (used for reproducible, shardable batch
+    generation); they follow the population when hooks select from it. With cfg == 0 the
+    unconditional half is skipped (identical tokens, half the work). transient_last_scale keeps the
+    final scale's keys/values out of the cache (one layer's worth exists at a time): about a third
+    less peak KV memory. runner: how each scale step executes (eager by default; compiled or CUDA
+    graphs, see runners). groups: (B,) request id of each sample (default: its position).
+    decoder: f_hat -> images in [0, 1], for hooks that ask for partial images (`ScaleStep.decode`).
     Under torch.autocast the cache holds keys/values in the autocast dtype.
     """
     if isinstance(generator, Sequence) and len(generator) != labels_B.shape[0]:
@@ -129,6 +175,8 @@ def sample(transformer: VARTransformer, quantizer: MultiScaleQuantizer, labels_B
     ranges = cfg_t.scale_ranges()
     labels_B = labels_B.to(device)
     B = labels_B.shape[0]
+    if groups is not None and tuple(groups.shape) != (B,):
+        raise ValueError(f"groups must have shape ({B},), got {tuple(groups.shape)}")
     guided = settings.cfg != 0
     halves = 2 if guided else 1
 
@@ -142,50 +190,51 @@ def sample(transformer: VARTransformer, quantizer: MultiScaleQuantizer, labels_B
     cache: KVCache = runner.new_cache(CacheSpec(B, cfg_t.num_heads, cfg_t.head_dim, tuple(capacities), halves,
                                                 kv_dtype, device, transient_last_scale))
     H = patch_nums[-1]
-    f_hat = cond.cond_BD.new_zeros(B, cfg_t.z_channels, H, H)
+    arange = torch.arange(B, device=device)
+    pop = Population(labels=labels_B, cond=cond, cache=cache, halves=halves,
+                     f_hat=cond.cond_BD.new_zeros(B, cfg_t.z_channels, H, H),
+                     generators=list(generator) if isinstance(generator, Sequence) else generator,
+                     group=arange.clone() if groups is None else groups.to(device=device, dtype=torch.long),
+                     lineage=arange, decoder=decoder)
     x = transformer.first_input(cond)
-    drawn: list[torch.Tensor] = []
     per_scale: list[ScaleStats] = []
-    labels = labels_B
     for si, pn in enumerate(patch_nums):
         ts = time.perf_counter()
+        batch = pop.batch
         layers = None if layer_plan is None else layer_plan(si)
-        logits = runner.step(transformer, x, si, cond, cache, layers)
+        logits = runner.step(transformer, x, si, pop.cond, cache, layers)
         ratio = si / (K - 1)
         if guided:
             logits = cfg_mix(logits, guidance_scale(settings.cfg, si, K))
-        idx_Bl, logits = filter_and_draw(logits, settings.top_k, settings.top_p, generator, settings.draw,
+        idx_Bl, logits = filter_and_draw(logits, settings.top_k, settings.top_p, pop.generators, settings.draw,
                                          filtered=bool(hooks) or settings.more_smooth)
         if settings.more_smooth:
-            h = gumbel_smooth(logits, ratio, quantizer.embedding.weight, generator)  # (B, l, C)
+            h = gumbel_smooth(logits, ratio, quantizer.embedding.weight, pop.generators)  # (B, l, C)
             h_BChw = h.transpose(1, 2).reshape(-1, cfg_t.z_channels, pn, pn)
         else:
             h_BChw = quantizer.embed(idx_Bl, pn)
-        drawn.append(idx_Bl)
+        f_hat = pop.f_hat.clone()  # hooks may hold the previous f_hat: never change it in place
         next_map = quantizer.next_scale_input(si, f_hat, h_BChw)
-        for hook in hooks:
-            keep = hook.after_scale(ScaleStep(si, idx_Bl, logits, f_hat, labels, torch.cat(drawn, 1)))
-            if keep is None:
-                continue
-            keep = keep.to(device=device, dtype=torch.long)
-            drawn = [d.index_select(0, keep) for d in drawn]
-            f_hat = f_hat.index_select(0, keep)
-            next_map = next_map.index_select(0, keep)
-            labels = labels.index_select(0, keep)
-            if isinstance(generator, Sequence):
-                generator = [generator[i] for i in keep.tolist()]
-            cond_rows = torch.cat([keep + h_ * cache.batch for h_ in range(halves)])
-            cond = cond.index_select(cond_rows)
-            cache.reindex(keep)
+        pop.advance(idx_Bl, logits, f_hat, next_map if si + 1 < K else None)
+        th = time.perf_counter()
+        selected = None
+        if hooks:
+            step = ScaleStep(si, K, pop)
+            for hook in hooks:
+                keep = hook.after_scale(step)
+                if keep is not None:
+                    pop.select(keep)
+                    selected = pop.batch
+        hook_seconds = time.perf_counter() - th
         if si + 1 < K:
             # release caches of layers no later scale runs
             cache.release(layer for layer, last in enumerate(last_run) if last == si)
-            x = transformer.scale_input(next_map, si + 1)
+            x = transformer.scale_input(pop.next_map, si + 1)
             if guided:
                 x = x.repeat(2, 1, 1)
         _sync(device)
-        per_scale.append(ScaleStats(si, pn, labels.shape[0], labels.shape[0] * pn * pn,
-                                    time.perf_counter() - ts, cache.nbytes(),
-                                    cfg_t.depth if layers is None else len(layers)))
-    return SampleResult(torch.cat(drawn, 1), f_hat, labels, per_scale, cache.peak_bytes,
-                        time.perf_counter() - t0)
+        per_scale.append(ScaleStats(si, pn, batch, batch * pn * pn, time.perf_counter() - ts, cache.nbytes(),
+                                    cfg_t.depth if layers is None else len(layers), hook_seconds, selected))
+    return SampleResult(pop.tokens, pop.f_hat, pop.labels, per_scale, cache.peak_bytes, time.perf_counter() - t0,
+                        group=pop.group, lineage=pop.lineage, scores=pop.scores, decodes=pop.decode_count,
+                        decode_seconds=pop.decode_seconds, population=pop)
