@@ -20,6 +20,8 @@ from .devices import resolve_device
 from .errors import CheckpointError, ConfigError, InputError
 from .sampling import (EagerRunner, LayerPlan, ScaleHook, ScaleStats, last_run_scales, layer_capacities,
                        make_runner, sample)
+from .search import BestOfNConfig, EvaluatorFeatures, Reward, SearchTrace, TTSConfig, evaluator_reward, plan_search
+from .search.compute import plain_sample_flops, scale_flops
 from .tokenizer import Tokenizer
 from .transformer import VARTransformer
 from .variant import DepthPlan
@@ -56,6 +58,8 @@ class GenerationStats:
     peak_memory_bytes: int | None = None  # CUDA only: peak allocated memory of the call
     hook_seconds: float = 0.0  # inside transformer_seconds: time spent in scale hooks (their decodes included)
     decodes: int = 0  # partial images decoded for hooks
+    compute: float = 0.0  # transformer compute of the call in plain full-depth samples (search.compute)
+    search_overhead_seconds: float = 0.0  # search only: decodes, rewards, features, clustering, gathers
 
 
 @dataclass
@@ -64,6 +68,7 @@ class GenerateOutput:
     tokens: torch.Tensor  # (B, L)
     labels: torch.Tensor  # (B,)
     stats: GenerationStats
+    search: SearchTrace | None = None  # with search=: the schedule, every selection, the winners' rewards
 
 
 class Pipeline:
@@ -304,7 +309,9 @@ class Pipeline:
                  top_p: float = 0.96, more_smooth: bool = False, depth: int | None = None,
                  switch_scale: int | None = None, layer_plan: LayerPlan | None = None,
                  hooks: Sequence[ScaleHook] = (), transient_last_scale: bool = False,
-                 precision: str = "fp32", decode: bool = True, draw: str = "release") -> GenerateOutput:
+                 precision: str = "fp32", decode: bool = True, draw: str = "release",
+                 search: str | TTSConfig | BestOfNConfig | None = None, budget: float | None = None,
+                 reward: Reward | None = None) -> GenerateOutput:
         """Sample class-conditional images. Returns images in [0, 1], tokens and timing/memory stats.
 
         With labels=None, `batch` random classes are drawn first from the seeded generator.
@@ -316,6 +323,10 @@ class Pipeline:
         precision: 'fp32' (reference), or 'bf16'/'fp16' autocast for the transformer and the decoder.
         draw: 'release' (the official code's filtering and multinomial draw: its tokens for a seed) or
         'fast' (the same distribution with less sampling work; other tokens for a seed).
+        search: 'tts' (TTS-VAR), 'best_of_n' or a TTSConfig/BestOfNConfig: each label's image is the best
+        of a search costing `budget` plain full-depth samples of transformer compute (default 4), scored
+        by `reward` (default: the model's evaluator, log p(label | image)); works with depth plans, whose
+        cheaper scales buy more candidates. out.search holds the trace.
         Raises InputError/ConfigError for bad ids or settings.
         """
         settings = SamplingConfig(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth, draw=draw)
@@ -338,6 +349,16 @@ class Pipeline:
                 raise InputError(f"batch={batch} but {labels_B.numel()} labels were given")
             if isinstance(generator, list) and len(generator) != labels_B.numel():
                 raise InputError(f"{len(generator)} seeds for {labels_B.numel()} labels")
+        groups, plan = None, None
+        if search is not None:
+            evaluator = self.components.get("evaluator")
+            plan = plan_search(search, self.config.transformer, labels_B, generator, budget=budget, reward=reward,
+                               default_reward=evaluator_reward(evaluator) if evaluator is not None else None,
+                               default_features=EvaluatorFeatures(evaluator) if evaluator is not None else None,
+                               layer_plan=layer_plan)
+            labels_B, groups, generator, hooks = plan.labels, plan.groups, plan.generators, [*hooks, plan.hook]
+        elif budget is not None or reward is not None:
+            raise InputError("budget and reward belong to a search: add search='tts' or 'best_of_n'")
         cuda = self.device.type == "cuda"
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -345,7 +366,7 @@ class Pipeline:
         with autocast:
             result = sample(self.transformer, self.tokenizer.quantize, labels_B, settings, generator=generator,
                             layer_plan=layer_plan, hooks=hooks, transient_last_scale=transient_last_scale,
-                            runner=self.runner, decoder=self.decode_fhat)
+                            runner=self.runner, decoder=self.decode_fhat, groups=groups)
         t1 = time.perf_counter()
         images = None
         if decode:
@@ -359,8 +380,15 @@ class Pipeline:
         stats = GenerationStats(seconds=t2 - t0, transformer_seconds=t1 - t0, decode_seconds=t2 - t1,
                                 kv_bytes=result.kv_peak_bytes, per_scale=result.per_scale,
                                 peak_memory_bytes=torch.cuda.max_memory_allocated(self.device) if cuda else None,
-                                hook_seconds=sum(s.hook_seconds for s in result.per_scale), decodes=result.decodes)
-        return GenerateOutput(images, result.tokens, result.labels, stats)
+                                hook_seconds=sum(s.hook_seconds for s in result.per_scale), decodes=result.decodes,
+                                compute=self.transformer_compute(result.per_scale),
+                                search_overhead_seconds=plan.trace.overhead_seconds if plan else 0.0)
+        return GenerateOutput(images, result.tokens, result.labels, stats, plan.trace if plan else None)
+
+    def transformer_compute(self, per_scale: Sequence[ScaleStats]) -> float:
+        """Transformer compute of a call's scale records, in plain full-depth samples (search.compute)."""
+        t = self.config.transformer
+        return sum(s.batch * scale_flops(t, s.scale_index, s.layers) for s in per_scale) / plain_sample_flops(t)
 
     def decode_fhat(self, f_hat: torch.Tensor) -> torch.Tensor:
         """Accumulated latents (B, C, h, w) -> images (B, 3, H, W) in [0, 1] (float32)."""

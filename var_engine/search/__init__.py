@@ -1,0 +1,13 @@
+"""Test-time search over scales: TTS-VAR and Best-of-N, plugged into the sampler as a scale hook."""
+from .compute import plain_sample_flops, run_cost, scale_flops
+from .kmeans import kmeans, representatives
+from .rewards import ClassifierReward, EvaluatorFeatures, FeatureExtractor, Reward, evaluator_reward, layout_signature
+from .schedule import Schedule, schedule_for_budget, shaped_schedule
+from .selection import POTENTIALS, potential, resample, resampling_weights
+from .strategy import (SEARCH_MODES, BestOfNConfig, SearchHook, SearchPlan, SearchTrace, Selection, TTSConfig,
+                       plan_search)
+
+__all__ = ["POTENTIALS", "SEARCH_MODES", "BestOfNConfig", "ClassifierReward", "EvaluatorFeatures", "FeatureExtractor",
+           "Reward", "Schedule", "SearchHook", "SearchPlan", "SearchTrace", "Selection", "TTSConfig", "evaluator_reward",
+           "kmeans", "layout_signature", "plain_sample_flops", "plan_search", "potential", "representatives",
+           "resample", "resampling_weights", "run_cost", "scale_flops", "schedule_for_budget", "shaped_schedule"]
