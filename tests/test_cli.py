@@ -71,10 +71,12 @@ BAD_FLAGS = {
                  ["--attention", "xformers"], ["--device", "nonsense"], ["--device", "cuda:7"], ["--threads", "-1"],
                  ["--precision", "fp16"], ["--runner", "cuda-graphs"], ["--checkpoint", "{tmp}/missing"],
                  ["--official-vae", "{tmp}/vae.pth"], ["--memory-budget", "1", "--depth", "2"],
-                 ["--class", "1", "--num", "1", "-o", "/proc/no/such/dir/out.png"]],
+                 ["--class", "1", "--num", "1", "-o", "/proc/no/such/dir/out.png"], ["--budget", "3"],
+                 ["--search", "tts", "--budget", "0.1"], ["--search", "best_of_n", "--budget", "nan"],
+                 ["--trace", "{tmp}/t.json"]],
     "sample": [["--outdir", "{tmp}/s", "--classes", "3,99"], ["--outdir", "{tmp}/s", "--per-class", "0"],
                ["--outdir", "/proc/no/such/dir", "--per-class", "1", "--classes", "1"],
-               ["--outdir", "{tmp}/s", "--device", "cuda"]],
+               ["--outdir", "{tmp}/s", "--device", "cuda"], ["--outdir", "{tmp}/s", "--budget", "2"]],
     "info": [["--attention", "xformers"], ["{tmp}"], ["--threads", "-3"], ["--device", "gpu0"],
              ["--official-vae", "{tmp}/a.pth", "--official-var", "{tmp}/b.pth"]],
     "bench": [["no-such-benchmark"], ["memory", "--threads", "-1"]],
@@ -115,3 +117,15 @@ def test_bad_flag_values_are_one_line_errors(command, flags, tmp_path, capsys, a
     assert code == 2, err
     assert "Traceback" not in err and lines and lines[-1].startswith("error: "), err
     assert not any(p.name.startswith(".") and p.suffix == ".tmp" for p in tmp_path.rglob("*"))  # nothing half-written
+
+
+def test_generate_with_search_writes_its_trace(default_model, tmp_path):
+    import json
+
+    trace = tmp_path / "trace.json"
+    assert main(["generate", "--class", "3", "--class", "5", "--num", "1", "--search", "best_of_n", "--budget", "2",
+                 "--trace", str(trace), "-o", str(tmp_path / "s.png"), "--quiet"]) == 0
+    record = json.loads(trace.read_text())
+    assert len(record) == 1 and record[0]["mode"] == "best_of_n" and record[0]["batches"] == [2] * 7
+    assert record[0]["labels"] == [3, 5] and len(record[0]["winner_scores"]) == 2
+    assert record[0]["compute"] == pytest.approx(4.0)

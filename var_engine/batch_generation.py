@@ -58,6 +58,8 @@ class BatchSettings:
     switch_scale: int | None = None
     precision: str = "fp32"  # autocast precision; part of the manifest because it changes the images
     draw: str = "release"  # token draw method (see SamplingConfig.draw); changes the images too
+    search: str | None = None  # test-time search per image ('tts', 'best_of_n'; see var_engine.search)
+    budget: float | None = None  # the search's compute per image in plain full-depth samples
 
 
 def plan_jobs(classes: Sequence[int], per_class: int) -> list[Job]:
@@ -90,7 +92,8 @@ def generate_folder(pipe: Pipeline, outdir: str | Path, settings: BatchSettings,
     plan: LayerPlan | None = pipe.depth_plan(settings.depth, settings.switch_scale)
     if ctx.is_main:
         outdir.mkdir(parents=True, exist_ok=True)
-        record = {"settings": asdict(settings), "model": pipe.config.to_dict(),
+        fields = {k: v for k, v in asdict(settings).items() if v is not None or k not in ("search", "budget")}
+        record = {"settings": fields, "model": pipe.config.to_dict(),
                   "checkpoint": pipe.meta.get("path", pipe.meta.get("source"))}
         _check_manifest(outdir, json.loads(json.dumps(record)))
         for stale in outdir.glob(".*.tmp"):  # half-written files of a killed run
@@ -107,7 +110,8 @@ def generate_folder(pipe: Pipeline, outdir: str | Path, settings: BatchSettings,
         for chunk in todo:
             out = pipe.generate([j.class_id for j in chunk], seed=[j.seed(settings.seed) for j in chunk],
                                 cfg=settings.cfg, top_k=settings.top_k, top_p=settings.top_p, layer_plan=plan,
-                                precision=settings.precision, draw=settings.draw)
+                                precision=settings.precision, draw=settings.draw, search=settings.search,
+                                budget=settings.budget)
             for job, image in zip(chunk, out.images.cpu()):
                 if not (outdir / job.filename).is_file():
                     save_png(image, outdir / job.filename)

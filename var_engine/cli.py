@@ -12,8 +12,8 @@ from typing import Sequence
 import torch
 
 from . import cli_train  # noqa: F401  (registers the training commands)
-from .cli_common import (COMMANDS, add_depth_args, add_model_args, add_sampling_args, command, depth_plan_from_args,
-                         load_pipeline)
+from .cli_common import (COMMANDS, add_depth_args, add_model_args, add_sampling_args, add_search_args, command,
+                         depth_plan_from_args, load_pipeline, search_from_args)
 from .errors import VarEngineError
 
 log = logging.getLogger("var_engine")
@@ -25,6 +25,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     if args.num < 1 or args.batch_size < 1:
         raise VarEngineError("--num and --batch-size must be >= 1")
+    search, budget = search_from_args(args)
+    if args.trace and not search:
+        raise VarEngineError("--trace records a search: add --search tts or --search best_of_n")
     pipe = load_pipeline(args)
     classes = args.classes or ["0"]
     if classes == ["all"]:
@@ -32,7 +35,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     labels = [c for c in classes for _ in range(args.num)]
     labels_t = pipe.parse_labels(labels)
     plan = depth_plan_from_args(pipe, args, min(args.batch_size, len(labels)))
-    images = []
+    images, traces = [], []
     from tqdm import tqdm
 
     with tqdm(total=len(labels), unit="img", desc="generate", disable=args.quiet) as bar:
@@ -40,10 +43,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
             chunk = labels_t[i:i + args.batch_size]
             out = pipe.generate(chunk, seed=args.seed + i, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
                                 more_smooth=args.more_smooth, layer_plan=plan, draw=args.draw,
-                                transient_last_scale=args.transient_last_scale, precision=args.precision)
+                                transient_last_scale=args.transient_last_scale, precision=args.precision,
+                                search=search, budget=budget)
             images.append(out.images.cpu())
+            if out.search is not None:
+                traces.append({"first_image": i, "labels": chunk.tolist(), "compute": out.stats.compute,
+                               "seconds": out.stats.seconds, "decodes": out.stats.decodes,
+                               "search_overhead_seconds": out.stats.search_overhead_seconds, **out.search.to_dict()})
             bar.update(len(chunk))
     images_t = torch.cat(images)
+    if args.trace:
+        Path(args.trace).write_text(json.dumps(traces, indent=1))
+        print(f"wrote {args.trace} (search trace of {len(traces)} batch(es))")
     if args.outdir:
         for i, (img, lab) in enumerate(zip(images_t, labels_t.tolist())):
             save_png(img, Path(args.outdir) / f"{i:06d}_class{lab}.png")
@@ -59,6 +70,8 @@ def _configure_generate(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     add_sampling_args(p)
     add_depth_args(p)
+    add_search_args(p)
+    p.add_argument("--trace", default=None, help="with --search: write the search trace (selections, scores) as JSON")
     p.add_argument("--class", dest="classes", action="append", default=None,
                    help="class id (repeatable; 'all' for every class; -1 or 'null' for unconditional)")
     p.add_argument("--num", type=int, default=4, help="images per class")
@@ -80,6 +93,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.per_class < 1 or args.batch_size < 1:
         raise VarEngineError("--per-class and --batch-size must be >= 1")
+    search, budget = search_from_args(args)
     ctx = DistContext(args.device)
     args.device = str(ctx.device)
     pipe = load_pipeline(args)
@@ -89,7 +103,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         classes = pipe.parse_labels([c for c in args.classes.split(",") if c.strip()]).tolist()
     settings = BatchSettings(classes=classes, per_class=args.per_class, seed=args.seed, batch_size=args.batch_size,
                              cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, depth=args.depth,
-                             switch_scale=args.switch_scale, precision=args.precision, draw=args.draw)
+                             switch_scale=args.switch_scale, precision=args.precision, draw=args.draw,
+                             search=search, budget=budget)
     counts = generate_folder(pipe, args.outdir, settings, ctx=ctx, progress=not args.quiet)
     if ctx.is_main:
         print(f"{args.outdir}: {counts['total']} images ({counts['made']} new on rank 0)")
@@ -112,6 +127,7 @@ def _configure_sample(p: argparse.ArgumentParser) -> None:
     g.add_argument("--depth", type=int, default=None, help="VARiant subnet depth for later scales")
     g.add_argument("--switch-scale", type=int, default=None)
     g.add_argument("--quiet", action="store_true")
+    add_search_args(p)
 
 
 cmd_sample.configure = _configure_sample

@@ -115,3 +115,19 @@ def depth_plan_from_args(pipe, args: argparse.Namespace, batch: int):
         return pipe.plan_for_memory(batch, args.memory_budget, cfg=args.cfg,
                                     transient_last_scale=getattr(args, "transient_last_scale", False))
     return pipe.depth_plan(args.depth, args.switch_scale)
+
+
+def add_search_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("test-time search")
+    g.add_argument("--search", choices=["tts", "best_of_n"], default=None,
+                   help="spend more compute per image: TTS-VAR or Best-of-N, scored by the model's evaluator")
+    g.add_argument("--budget", type=float, default=None,
+                   help="search compute per image in plain full-depth samples (default 4)")
+
+
+def search_from_args(args: argparse.Namespace) -> tuple[str | None, float | None]:
+    if args.search is None:
+        if args.budget is not None:
+            raise VarEngineError("--budget needs --search tts or --search best_of_n")
+        return None, None
+    return args.search, 4.0 if args.budget is None else args.budget
