@@ -53,5 +53,8 @@ def test_default_model_loads_and_generates():
     out = pipe.generate([3, 7], seed=0)
     assert out.images.shape == (2, 3, 32, 32) and 0 <= out.images.min() and out.images.max() <= 1
     assert "evaluator" in pipe.components
-    pred = pipe.components["evaluator"](out.images).argmax(-1)
-    assert pred.shape == (2,)
+    with torch.no_grad():
+        pred = pipe.components["evaluator"](out.images).argmax(-1)
+    # the shipped evaluator reads the asked-for digits in the images (bench.quality: ~97% over 1000 images;
+    # these two are classified with probability > 0.99)
+    assert pred.tolist() == [3, 7]

@@ -39,7 +39,10 @@ def test_image_folder_converts_and_skips(tmp_path):
     (tmp_path / "dogs" / "notes.txt").write_text("not an image")
     ds = ImageFolderDataset(tmp_path, size=16)
     assert ds.classes == ["cats", "dogs"] and len(ds) == 3 and len(ds.skipped) == 1
-    assert all(ds[i][0].shape == (3, 16, 16) for i in range(3))
+    items = [ds[i] for i in range(3)]
+    assert all(x.shape == (3, 16, 16) for x, _ in items) and [y for _, y in items] == [0, 0, 1]
+    # a fully transparent image lies on white (1), black grey and palette images stay black (-1)
+    assert [torch.unique(x).tolist() for x, _ in items] == [[1.0], [-1.0], [-1.0]]
 
 
 def test_image_folder_errors(tmp_path):

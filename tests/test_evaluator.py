@@ -22,9 +22,16 @@ def test_reward_is_log_probability_of_label(evaluator):
 
 
 def test_features_accept_any_size_and_uint8(evaluator):
-    f1 = evaluator.features(torch.rand(2, 3, 64, 64))
-    f2 = evaluator.features((torch.rand(2, 3, 16, 16) * 255).to(torch.uint8))
-    assert f1.shape == f2.shape == (2, 6)
+    with torch.no_grad():
+        # uint8 pixels are read as value / 255
+        u8 = (torch.rand(2, 3, 16, 16) * 255).to(torch.uint8)
+        torch.testing.assert_close(evaluator.features(u8), evaluator.features(u8.float() / 255))
+        # other sizes are resized to the trained one: a uniform image is the same at any size
+        colours = torch.tensor([[0.2, 0.5, 0.9], [1.0, 0.0, 0.3]]).view(2, 3, 1, 1)
+        f64, f16 = (evaluator.features(colours.expand(2, 3, s, s)) for s in (64, 16))
+        assert f64.shape == (2, 6)
+        torch.testing.assert_close(f64, f16)
+        assert not torch.allclose(f16[0], f16[1])  # and the features see the colour
 
 
 def test_fid_is_zero_for_identical_sets_and_positive_otherwise(evaluator):

@@ -41,7 +41,9 @@ def test_hook_can_duplicate_and_shrink_population(tiny_pipeline):
     ref = tiny_pipeline.generate([1, 2, 3], seed=3, cfg=2.0)
     assert out.tokens.shape[0] == 2 and out.labels.tolist() == [1, 1]
     assert torch.equal(out.tokens[:, :5], ref.tokens[[0, 0], :5])  # scales 0-1 (1 + 4 tokens) carried over
-    assert [s.batch for s in out.stats.per_scale] == [3, 2, 2, 2]
+    # the batch that generated each scale, and the population the hooks left
+    assert [s.batch for s in out.stats.per_scale] == [3, 3, 2, 2]
+    assert [s.selected for s in out.stats.per_scale] == [None, 2, None, None]
 
 
 def test_kv_bytes_match_analytic_size(tiny_pipeline):
@@ -49,7 +51,11 @@ def test_kv_bytes_match_analytic_size(tiny_pipeline):
     assert out.stats.kv_bytes == 4 * tiny_pipeline.kv_bytes_per_image(cfg=1.5)
     out = tiny_pipeline.generate([0, 1], seed=0, cfg=0.0)
     assert out.stats.kv_bytes == 2 * tiny_pipeline.kv_bytes_per_image(cfg=0.0)
-    assert len(out.stats.per_scale) == 4 and out.stats.seconds > 0
+    # one record per scale: its batch, the batch * pn^2 tokens it drew, every layer run; with the full network
+    # the whole cache is allocated up front and held to the end
+    assert [(s.scale_index, s.patch_num, s.batch, s.tokens, s.layers) for s in out.stats.per_scale] == [
+        (i, pn, 2, 2 * pn * pn, 4) for i, pn in enumerate((1, 2, 3, 4))]
+    assert all(s.kv_bytes == out.stats.kv_bytes for s in out.stats.per_scale)
 
 
 def test_zero_cfg_skips_unconditional_half_with_identical_tokens(tiny_pipeline):

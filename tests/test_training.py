@@ -127,7 +127,12 @@ def test_torchrun_two_gloo_processes(folder, tmp_path, capsys):
     from var_engine import Pipeline
 
     pipe = Pipeline.from_pretrained(tmp_path / "var")
-    assert pipe.generate([0, 1], seed=0).images.shape == (2, 3, 16, 16)
+    out = pipe.generate([0, 1], seed=0)
+    assert out.images.shape == (2, 3, 16, 16) and 0 <= out.images.min() and out.images.max() <= 1
+    # the checkpoint samples reproducibly, and its images are its tokenizer's decoding of the drawn tokens
+    assert torch.equal(pipe.generate([0, 1], seed=0).tokens, out.tokens)
+    with torch.no_grad():
+        torch.testing.assert_close(pipe.tokenizer.decode(out.tokens).add(1).mul(0.5), out.images)
 
     # a frozen teacher on every step: the first step's student is the teacher itself
     from var_engine.cli import main
