@@ -4,7 +4,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-NAMES = ["quality", "memory", "speed", "variant", "sampler", "decoder", "draw", "official", "supernet_frontier", "allocator"]
+NAMES = ["quality", "memory", "speed", "variant", "sampler", "decoder", "draw", "search", "official", "supernet_frontier",
+         "allocator"]
 
 
 def main(argv=None) -> int:
