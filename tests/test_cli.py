@@ -87,6 +87,8 @@ BAD_FLAGS = {
               ["--tokenizer", "{tmp}/missing", "--out", "{tmp}/r", "--supernet", "--schedule", "fixed:7"]],
     "train-evaluator": [["--out", "{tmp}/e", "--lr", "nan"], ["--out", "{tmp}/e", "--threads", "-2"],
                         ["--out", "{tmp}/e", "--data", "{tmp}/none"]],
+    "train-latent-reward": [["--tokenizer", "{tmp}/missing", "--out", "{tmp}/l"],
+                            ["--tokenizer", "{tmp}/missing", "--out", "{tmp}/l", "--steps", "0"]],
 }
 
 

@@ -223,3 +223,47 @@ def test_bad_search_settings_are_clear_errors(tiny_pipeline, kwargs, error, mess
     kwargs = {"seed": 0, **kwargs}
     with pytest.raises(error, match=message):
         tiny_pipeline.generate([1, 2], **kwargs)
+
+
+# ------------------------------------------------------------------ decode-free scoring
+def test_partial_latents_equal_the_samplers_f_hat_at_every_scale(tiny_pipeline):
+    from var_engine.search.latent import partial_fhats
+
+    seen = []
+
+    class Record:
+        def after_scale(self, step):
+            seen.append(step.f_hat_BChw.clone())
+
+    out = tiny_pipeline.generate([0, 1, 2], seed=1, hooks=[Record()])
+    for k, f_hat in enumerate(seen):
+        ks = torch.full((3,), k)
+        assert torch.allclose(partial_fhats(tiny_pipeline.tokenizer, out.tokens, ks), f_hat, atol=1e-5)
+    mixed = partial_fhats(tiny_pipeline.tokenizer, out.tokens, torch.tensor([0, 3, 1]))
+    assert torch.allclose(mixed, torch.stack([seen[0][0], seen[3][1], seen[1][2]]), atol=1e-5)
+
+
+def test_latent_reward_trains_saves_loads_and_searches_without_decoding(tiny_pipeline, tmp_path):
+    from torch.utils.data import TensorDataset
+
+    from var_engine.search import LatentFeatures, load_latent_reward, train_latent_reward
+    from var_engine.training import TrainConfig
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(40, 3, 16, 16, generator=g) * 2 - 1
+    labels = torch.arange(40) % 5
+    cfg = TrainConfig(out_dir=str(tmp_path), steps=4, batch_size=8, warmup_steps=1, log_every=2, eval_every=4,
+                      ckpt_every=4)
+    model = train_latent_reward(tiny_pipeline.tokenizer, 5, cfg, TensorDataset(images, labels), (images, labels),
+                                width=16, progress=False)
+    reward = load_latent_reward(tmp_path)
+    f_hat = torch.randn(2, 8, 4, 4, generator=g)
+    expected = model(model.planes(f_hat, 2)).log_softmax(-1)[[0, 1], [3, 4]]
+    assert torch.allclose(reward(f_hat, torch.tensor([3, 4]), 2), expected, atol=1e-5)  # round trip
+    assert (tmp_path / "latent_reward_run" / "train.csv").is_file()
+    search = TTSConfig(batches=(4, 3, 2, 2), cluster_scales=(0,), resample_scales=(1,), budget=None, reward=reward,
+                       features=LatentFeatures(grid=2))
+    out = tiny_pipeline.generate([1, 4], seed=3, search=search)
+    assert out.stats.decodes == 0 and out.images.shape[0] == 2
+    assert [s.kind for s in out.search.selections] == ["cluster", "resample", "final"]
+    assert load_latent_reward(tmp_path / "nothing") is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -115,28 +116,46 @@ def train_evaluator(cfg: EvaluatorConfig, train: TrainConfig, dataset: Dataset,
 
     heldout: (images in [-1, 1], labels) used for the accuracy log. save_dtype: dtype of the written weights.
     """
-    ctx = start_run(train)
-    out = Path(train.out_dir)
-    model = Evaluator(cfg).to(ctx.device)
-    ddp = ctx.wrap(model)
-    opt = make_optimizer(model.parameters(), train)
-    fingerprint = run_fingerprint(train, ctx.world_size, evaluator=cfg.to_dict())
-    step, _ = load_state(out / "evaluator_run", fingerprint, model, opt, None)
-    logger = MetricsLog(out / "evaluator_run", "train", ctx.is_main)
-    batches = infinite_batches(dataset, train, ctx, step)
-    from tqdm import tqdm
-
-    bar = tqdm(total=train.steps, initial=step, desc="evaluator", disable=not (progress and ctx.is_main))
-    while step < train.steps:
-        model.train()
-        images, labels = next(batches)
-        images, labels = images.to(ctx.device).add(1).mul(0.5), labels.to(ctx.device)
+    def prepare(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
+        images = images.add(1).mul(0.5)
         # light augmentation: random shifts of up to 2 px
         dx, dy = torch.randint(-2, 3, (2,)).tolist()
-        images = torch.roll(images, shifts=(dy, dx), dims=(2, 3))
+        return torch.roll(images, shifts=(dy, dx), dims=(2, 3)), labels
+
+    held = None if heldout is None else (heldout[0].add(1).mul(0.5), heldout[1])
+    return train_classifier(Evaluator(cfg), "evaluator", cfg.to_dict(), train, dataset, prepare, held, progress,
+                            lambda model: save_evaluator(train.out_dir, model, save_dtype))
+
+
+def train_classifier(model: nn.Module, name: str, settings: dict, train: TrainConfig, dataset: Dataset,
+                     prepare: Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]],
+                     heldout: tuple[torch.Tensor, torch.Tensor] | None, progress: bool,
+                     save: Callable[[nn.Module], Any]) -> nn.Module:
+    """Cross-entropy training of `model` on `prepare(*batch, generator)` -> (inputs, labels); resumable in
+    train.out_dir/<name>_run (settings join the resume fingerprint); `save(model)` writes the result.
+
+    heldout: (inputs, labels) for the accuracy log.
+    """
+    ctx = start_run(train)
+    out = Path(train.out_dir)
+    model = model.to(ctx.device)
+    ddp = ctx.wrap(model)
+    opt = make_optimizer(model.parameters(), train)
+    fingerprint = run_fingerprint(train, ctx.world_size, **{name: settings})
+    step, _ = load_state(out / f"{name}_run", fingerprint, model, opt, None)
+    logger = MetricsLog(out / f"{name}_run", "train", ctx.is_main)
+    batches = infinite_batches(dataset, train, ctx, step)
+    generator = torch.Generator().manual_seed(train.seed + ctx.rank)
+    from tqdm import tqdm
+
+    bar = tqdm(total=train.steps, initial=step, desc=name, disable=not (progress and ctx.is_main))
+    while step < train.steps:
+        model.train()
+        inputs, labels = prepare(*next(batches), generator)
+        inputs, labels = inputs.to(ctx.device), labels.to(ctx.device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, train)
-        loss = F.cross_entropy(ddp(images), labels)
+        loss = F.cross_entropy(ddp(inputs), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -145,14 +164,14 @@ def train_evaluator(cfg: EvaluatorConfig, train: TrainConfig, dataset: Dataset,
         if step % train.log_every == 0 or step == train.steps:
             row = {"step": step, "loss": loss.item()}
             if heldout is not None and ctx.is_main:
-                row["heldout_accuracy"] = accuracy(model, heldout[0].add(1).mul(0.5), heldout[1])
+                row["heldout_accuracy"] = accuracy(model, heldout[0], heldout[1])
             logger.write(row)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         if (step % train.ckpt_every == 0 or step == train.steps) and ctx.is_main:
-            save_state(out / "evaluator_run", step=step, fingerprint=fingerprint, model=model, optimizer=opt, ema=None)
+            save_state(out / f"{name}_run", step=step, fingerprint=fingerprint, model=model, optimizer=opt, ema=None)
     bar.close()
     model.eval()
     if ctx.is_main:
-        save_evaluator(out, model, save_dtype)
+        save(model)
     ctx.barrier()
     return model

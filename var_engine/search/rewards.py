@@ -2,7 +2,9 @@
 
 A `Reward` maps images (B, 3, H, W) in [0, 1] and labels (B,) to scores (B,), higher is better; a
 `FeatureExtractor` maps images to vectors (B, D) for diversity clustering. Any callable with those
-signatures plugs in, e.g. a CLIP similarity, an aesthetic head or DINOv2 features (README).
+signatures plugs in, e.g. a CLIP similarity, an aesthetic head or DINOv2 features (README). One
+with the attribute `input = "latent"` reads the partial latent instead, `(f_hat, labels, scale_index)`
+or `(f_hat, scale_index)`, and spares the decode (search.latent).
 """
 from __future__ import annotations
 

@@ -144,7 +144,11 @@ class SearchHook:
 
     def _score(self, step: ScaleStep) -> torch.Tensor:
         pop = step.population
-        scores = checked_scores(self.reward(step.decode(), pop.labels), pop.batch)
+        if reads_latents(self.reward):
+            scores = self.reward(pop.f_hat, pop.labels, step.scale_index)
+        else:
+            scores = self.reward(step.decode(), pop.labels)
+        scores = checked_scores(scores, pop.batch)
         pop.record_score(scores)
         return scores.cpu()
 
@@ -153,7 +157,10 @@ class SearchHook:
         groups = self._groups(step)
         if all(len(m) <= k for m in groups):
             return None
-        feats = self.features(step.decode())
+        if reads_latents(self.features):
+            feats = self.features(step.f_hat_BChw, step.scale_index)
+        else:
+            feats = self.features(step.decode())
         if not isinstance(feats, torch.Tensor) or feats.ndim < 1 or feats.shape[0] != step.population.batch:
             raise InputError(f"the feature extractor returned {getattr(feats, 'shape', type(feats))} for "
                              f"{step.population.batch} images; expected ({step.population.batch}, D)")
@@ -199,6 +206,12 @@ class SearchHook:
                                                pop.lineage.cpu().tolist(),
                                                None if scores is None else scores.tolist()))
         return kept
+
+
+def reads_latents(fn: object) -> bool:
+    """True for rewards and feature extractors that score the partial latent f_hat (`input = 'latent'`):
+    they are called with (f_hat, [labels,] scale_index) and need no decode."""
+    return getattr(fn, "input", "images") == "latent"
 
 
 def standardized(history: torch.Tensor) -> torch.Tensor:
