@@ -80,6 +80,8 @@ BAD_FLAGS = {
     "info": [["--attention", "xformers"], ["{tmp}"], ["--threads", "-3"], ["--device", "gpu0"],
              ["--official-vae", "{tmp}/a.pth", "--official-var", "{tmp}/b.pth"]],
     "bench": [["no-such-benchmark"], ["memory", "--threads", "-1"]],
+    "serve": [["--port", "70000"], ["--port", "0"], ["--max-images", "0"], ["--queue-size", "0"],
+              ["--max-budget", "nan"], ["--checkpoint", "{tmp}/missing"], ["--device", "nonsense"]],
     "train-tokenizer": [["--out", "{tmp}/t", "--steps", "0"], ["--out", "{tmp}/t", "--device", "cuda"],
                         ["--out", "{tmp}/t", "--image-size", "30"], ["--out", "{tmp}/t", "--data", "{tmp}/none"],
                         ["--out", "/proc/no/such/run", "--steps", "1"]],

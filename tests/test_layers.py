@@ -5,7 +5,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "var_engine"
 
 LEVELS = {
-    "errors": 0, "cpu_memory": 0, "config": 1, "devices": 1, "attention": 1, "linear": 1, "images": 1, "distillation": 1,
+    "errors": 0, "cpu_memory": 0, "class_names": 1, "config": 1, "devices": 1, "attention": 1, "linear": 1, "images": 1, "distillation": 1,
     "tokenizer": 2, "cache": 2, "metrics": 2, "data": 2,
     "transformer": 3,
     "sampling": 4, "training": 4, "checkpoints": 4,
@@ -13,7 +13,7 @@ LEVELS = {
     "variant": 6, "search": 6,
     "pipeline": 7,
     "batch_generation": 8, "loading": 8,
-    "cli_common": 9, "cli_train": 10, "cli": 11,
+    "cli_common": 9, "cli_train": 10, "cli_serve": 10, "cli": 11,
 }
 
 

@@ -19,15 +19,16 @@ def test_every_subpackage_is_listed():
 
 
 def test_top_level_names_are_project_specific():
-    assert {p.split(".")[0] for p in SETUPTOOLS["packages"]} == {"var_engine", "var_engine_checkpoints"}
-    assert SETUPTOOLS["package-dir"] == {"var_engine_checkpoints": "checkpoints"}
+    assert {p.split(".")[0] for p in SETUPTOOLS["packages"]} == {"var_engine", "var_engine_checkpoints",
+                                                                  "var_engine_serve"}
+    assert SETUPTOOLS["package-dir"] == {"var_engine_checkpoints": "checkpoints", "var_engine_serve": "serve"}
 
 
 def test_package_data_carries_every_file_the_default_model_loads():
     patterns = SETUPTOOLS["package-data"]["var_engine_checkpoints"]
     default = ROOT / "checkpoints" / "default"
     needed = ["config.json", "evaluator.json", "tokenizer.safetensors", "transformer.safetensors",
-              "evaluator.safetensors"]
+              "evaluator.safetensors", "latent_reward.json", "latent_reward.safetensors"]
     for name in needed:
         assert (default / name).is_file(), name
         assert any(fnmatch.fnmatch(f"default/{name}", p) for p in patterns), f"{name} is not in package-data"
@@ -42,3 +43,23 @@ def test_default_model_resolves_through_the_installed_package(monkeypatch):
     assert default_checkpoint_dir() == Path(spec.submodule_search_locations[0]) / "default"
     pipe = Pipeline.from_pretrained()
     assert pipe.meta["path"] == str(default_checkpoint_dir()) and "evaluator" in pipe.components
+
+
+def test_package_data_carries_the_class_names():
+    from var_engine.class_names import IMAGENET_FILE, imagenet_class_names
+
+    assert IMAGENET_FILE in SETUPTOOLS["package-data"]["var_engine"]
+    names = imagenet_class_names()
+    assert len(names) == 1000 and names[0].startswith("tench") and names[207] == "golden retriever"
+
+
+def test_serve_package_resolves_and_loads_gradio_lazily():
+    import subprocess
+    import sys
+
+    spec = importlib.util.find_spec("var_engine_serve")
+    assert spec is not None, "var_engine_serve is not importable: reinstall with pip install -e ."
+    assert Path(spec.submodule_search_locations[0]).resolve() == ROOT / "serve"
+    code = "import sys, var_engine.cli, var_engine_serve; print('gradio' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 
 from . import cli_train  # noqa: F401  (registers the training commands)
+from . import cli_serve  # noqa: F401  (registers `serve`; gradio loads only when it runs)
 from .cli_common import (COMMANDS, add_depth_args, add_model_args, add_sampling_args, add_search_args, command,
                          depth_plan_from_args, load_pipeline, search_from_args)
 from .errors import VarEngineError

@@ -1,9 +1,12 @@
 """Pipeline: tokenizer + transformer + sampler composed behind one `generate` call."""
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
+import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +15,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from .cache import analytic_kv_bytes
+from .class_names import class_names_for, resolve_class
 from .checkpoints import (adapt_tokenizer_state_dict, infer_tokenizer_config, infer_transformer_config,
                           load_component, load_weights, read_model_config, read_pretrained_config,
                           read_state_dict, save_pretrained)
@@ -20,7 +24,8 @@ from .devices import resolve_device
 from .errors import CheckpointError, ConfigError, InputError
 from .sampling import (EagerRunner, LayerPlan, ScaleHook, ScaleStats, last_run_scales, layer_capacities,
                        make_runner, sample)
-from .search import BestOfNConfig, EvaluatorFeatures, Reward, SearchTrace, TTSConfig, evaluator_reward, plan_search
+from .search import (BestOfNConfig, EvaluatorFeatures, LatentFeatures, LatentReward, Reward, SearchTrace, TTSConfig,
+                     evaluator_reward, load_latent_reward, plan_search)
 from .search.compute import plain_sample_flops, scale_flops
 from .tokenizer import Tokenizer
 from .transformer import VARTransformer
@@ -69,10 +74,26 @@ class GenerateOutput:
     labels: torch.Tensor  # (B,)
     stats: GenerationStats
     search: SearchTrace | None = None  # with search=: the schedule, every selection, the winners' rewards
+    seed: int | list[int] | None = None  # the seed(s) used; generate(seed=None) picks one, so this reproduces it
+
+
+def _serialized(method):
+    """Run a Pipeline method under its generation lock (one generation at a time per pipeline)."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self.generation_lock:
+            return method(self, *args, **kwargs)
+    return locked
 
 
 class Pipeline:
-    """A loaded model; `generate` runs labels -> tokens -> images."""
+    """A loaded model; `generate` runs labels -> tokens -> images.
+
+    Concurrency: sampling uses state shared by the whole pipeline (static KV caches, runners' compiled
+    steps, cached kernels), so `generate` holds `generation_lock` (re-entrant): calls from several
+    threads run one after another and give the images of the same calls made in sequence. For
+    parallel generation load one pipeline per worker process.
+    """
 
     def __init__(self, tokenizer: Tokenizer, transformer: VARTransformer, config: ModelConfig,
                  components: dict[str, torch.nn.Module] | None = None, meta: dict[str, Any] | None = None):
@@ -82,6 +103,7 @@ class Pipeline:
         self.components = dict(components or {})  # extra modules shipped beside (e.g. an evaluator)
         self.meta = dict(meta or {})
         self.runner: EagerRunner = EagerRunner()
+        self.generation_lock = threading.RLock()
         for p in (*self.tokenizer.parameters(), *self.transformer.parameters()):
             p.requires_grad_(False)
 
@@ -119,6 +141,9 @@ class Pipeline:
             from .evaluator import load_evaluator
 
             components["evaluator"] = load_evaluator(directory)
+        latent_reward = load_latent_reward(directory)
+        if latent_reward is not None:
+            components["latent_reward"] = latent_reward.classifier
         return cls(tokenizer, transformer, config, components, meta).to(device).with_attention(attention)
 
     def save_pretrained(self, directory: str | Path, extra_config: dict[str, Any] | None = None) -> Path:
@@ -175,6 +200,16 @@ class Pipeline:
         return self.transformer.pos_1LC.device
 
     # ------------------------------------------------------------------ inputs
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """One name per class: the checkpoint's "class_names", ImageNet's for official 1,000-class models,
+        else the ids as text."""
+        return class_names_for(self.config.num_classes, self.meta)
+
+    def class_id(self, value: int | str) -> int:
+        """A class id, -1/'null' or a class name (or one of its synonyms, any case) -> the id (-1: unconditional)."""
+        return resolve_class(value, self.class_names)
+
     def parse_labels(self, labels: int | str | Iterable[int | str] | torch.Tensor | None) -> torch.Tensor:
         """Class ids -> LongTensor (B,); -1 or 'null' is the unconditional (null) class."""
         n = self.config.num_classes
@@ -198,6 +233,8 @@ class Pipeline:
             if isinstance(item, bool) or not isinstance(item, int):
                 if isinstance(item, str) and item.strip().lstrip("-").isdigit():
                     item = int(item)
+                elif isinstance(item, str):
+                    item = self.class_id(item)
                 else:
                     raise InputError(f"class id {item!r} is not an integer")
             if item == -1:
@@ -302,6 +339,7 @@ class Pipeline:
         return analytic_kv_bytes(batch=1, embed_dim=t.embed_dim, capacities=[entries], cfg_factor=2 if cfg else 1,
                                  dtype=self.transformer.pos_1LC.dtype)
 
+    @_serialized
     @torch.no_grad()
     def generate(self, labels: int | str | Iterable[int | str] | torch.Tensor | None = None, *,
                  batch: int | None = None, seed: int | Sequence[int] | None = None, cfg: float = 1.5,
@@ -311,12 +349,12 @@ class Pipeline:
                  hooks: Sequence[ScaleHook] = (), transient_last_scale: bool = False,
                  precision: str = "fp32", decode: bool = True, draw: str = "release",
                  search: str | TTSConfig | BestOfNConfig | None = None, budget: float | None = None,
-                 reward: Reward | None = None) -> GenerateOutput:
+                 reward: Reward | str | None = None) -> GenerateOutput:
         """Sample class-conditional images. Returns images in [0, 1], tokens and timing/memory stats.
 
         With labels=None, `batch` random classes are drawn first from the seeded generator.
         seed: an int (one generator, the release's protocol) or one int per sample (each image is
-        then independent of the rest of the batch).
+        then independent of the rest of the batch); None picks a random seed, returned as out.seed.
         depth/switch_scale: run the depth-`depth` subnet after the first `switch_scale` scales
         (same weights, nothing reloaded); layer_plan: any custom LayerPlan instead.
         transient_last_scale: keep the final scale's keys/values out of the KV cache (less memory).
@@ -325,8 +363,9 @@ class Pipeline:
         'fast' (the same distribution with less sampling work; other tokens for a seed).
         search: 'tts' (TTS-VAR), 'best_of_n' or a TTSConfig/BestOfNConfig: each label's image is the best
         of a search costing `budget` plain full-depth samples of transformer compute (default 4), scored
-        by `reward` (default: the model's evaluator, log p(label | image)); works with depth plans, whose
-        cheaper scales buy more candidates. out.search holds the trace.
+        by `reward`: a callable, or 'latent' / 'evaluator' / 'auto' for the shipped scorers (`search_scorer`;
+        default 'auto'); works with depth plans, whose cheaper scales buy more candidates. out.search holds
+        the trace.
         Raises InputError/ConfigError for bad ids or settings.
         """
         settings = SamplingConfig(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth, draw=draw)
@@ -335,6 +374,8 @@ class Pipeline:
             if layer_plan is not None:
                 raise InputError("give either depth/switch_scale or layer_plan, not both")
             layer_plan = self.depth_plan(depth, switch_scale)
+        if seed is None:
+            seed = secrets.randbelow(2**32)  # picked here so that out.seed reproduces the call
         generator = self.make_generators(seed)
         if labels is None:
             if isinstance(generator, list):
@@ -351,11 +392,10 @@ class Pipeline:
                 raise InputError(f"{len(generator)} seeds for {labels_B.numel()} labels")
         groups, plan = None, None
         if search is not None:
-            evaluator = self.components.get("evaluator")
-            plan = plan_search(search, self.config.transformer, labels_B, generator, budget=budget, reward=reward,
-                               default_reward=evaluator_reward(evaluator) if evaluator is not None else None,
-                               default_features=EvaluatorFeatures(evaluator) if evaluator is not None else None,
-                               layer_plan=layer_plan)
+            default_reward, default_features = self.search_scorer(reward if isinstance(reward, str) else "auto")
+            plan = plan_search(search, self.config.transformer, labels_B, generator, budget=budget,
+                               reward=None if isinstance(reward, str) else reward, default_reward=default_reward,
+                               default_features=default_features, layer_plan=layer_plan)
             labels_B, groups, generator, hooks = plan.labels, plan.groups, plan.generators, [*hooks, plan.hook]
         elif budget is not None or reward is not None:
             raise InputError("budget and reward belong to a search: add search='tts' or 'best_of_n'")
@@ -383,7 +423,37 @@ class Pipeline:
                                 hook_seconds=sum(s.hook_seconds for s in result.per_scale), decodes=result.decodes,
                                 compute=self.transformer_compute(result.per_scale),
                                 search_overhead_seconds=plan.trace.overhead_seconds if plan else 0.0)
-        return GenerateOutput(images, result.tokens, result.labels, stats, plan.trace if plan else None)
+        return GenerateOutput(images, result.tokens, result.labels, stats, plan.trace if plan else None,
+                              seed=list(seed) if isinstance(seed, (list, tuple)) else seed)
+
+    def search_scorer(self, name: str = "auto") -> tuple[Reward | None, object | None]:
+        """The shipped (reward, clustering features) of a search: 'latent' (no decode: the latent reward and
+        pooled latents), 'evaluator' (decoded partial images scored by the evaluator), 'auto' (latent when
+        the checkpoint ships a latent reward, else evaluator; for a 1,000-class model with neither, imagenet
+        when `var-engine[imagenet]` is installed), 'imagenet' (EfficientNet-Lite0, search.imagenet)."""
+        evaluator, latent = self.components.get("evaluator"), self.components.get("latent_reward")
+        if name == "auto":
+            name = "latent" if latent is not None else "evaluator"
+            if evaluator is None and latent is None and self.config.num_classes == 1000:
+                from .search import imagenet
+
+                name = "imagenet" if imagenet.available() else name
+        if name == "imagenet":
+            from .search.imagenet import ImageNetFeatures, imagenet_reward, shared_imagenet_classifier
+
+            if self.config.num_classes != 1000:
+                raise ConfigError(f"the ImageNet reward needs a 1,000-class model; this one has {self.config.num_classes}")
+            classifier = shared_imagenet_classifier(self.device)
+            return imagenet_reward(classifier), ImageNetFeatures("pooled", classifier)
+        if name == "latent":
+            if latent is None:
+                raise ConfigError("this checkpoint ships no latent reward (train one: var-engine train-latent-reward)")
+            return LatentReward(latent), LatentFeatures()
+        if name == "evaluator":
+            if evaluator is None:
+                return None, None
+            return evaluator_reward(evaluator), EvaluatorFeatures(evaluator)
+        raise InputError(f"unknown reward {name!r}: 'latent', 'evaluator', 'imagenet', 'auto' or a callable")
 
     def transformer_compute(self, per_scale: Sequence[ScaleStats]) -> float:
         """Transformer compute of a call's scale records, in plain full-depth samples (search.compute)."""

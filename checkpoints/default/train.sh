@@ -59,7 +59,10 @@ $VE train --tokenizer "$RUN/tokenizer" --init-from "$RUN/model_distilled" --out 
   --eval-every 500 --ckpt-every 50 --log-every 25 --save-dtype float16 --no-progress
 
 echo "second distillation fine-tune: $((SECONDS - T3)) s"
+# 6) the decode-free search reward: a classifier on the tokenizer's partial latents at every scale
+$VE train-latent-reward --tokenizer "$RUN/tokenizer" --out "$RUN/model_final" --device "$DEVICE" \
+  --steps "$(steps 1500)" --batch-size 256 --lr 2e-3 --save-dtype float16 --no-progress
 echo "total: $((SECONDS - T0)) s"
 rm -f "$RUN/model/train_state.pt" "$RUN/model/evaluator_run/train_state.pt" "$RUN/model_distilled/train_state.pt" \
-  "$RUN/model_final/train_state.pt"
+  "$RUN/model_final/train_state.pt" "$RUN/model_final/latent_reward_run/train_state.pt"
 echo "model written to $RUN/model_final"
