@@ -58,6 +58,12 @@ def block_matmul_params(cfg: TransformerConfig) -> int:
     return 3 * C * C + C * C + 2 * C * hidden
 
 
+def step_matmul_params(cfg: TransformerConfig, depth: int | None = None) -> int:
+    """Weights every token of a scale step multiplies: the blocks' matmuls, the head and the input projection."""
+    depth = cfg.depth if depth is None else depth
+    return depth * block_matmul_params(cfg) + cfg.embed_dim * cfg.vocab_size + cfg.z_channels * cfg.embed_dim
+
+
 def transformer_step_costs(cfg: TransformerConfig, rows: int, scale_index: int,
                            depth: int | None = None, elem_bytes: int = 4) -> tuple[float, float]:
     """(FLOPs, bytes) of one cached scale step for `rows` sequences (CFG doubles the rows).
@@ -65,10 +71,10 @@ def transformer_step_costs(cfg: TransformerConfig, rows: int, scale_index: int,
     bytes: the step's weights once plus the keys/values it reads; FLOPs: matmuls + attention + head.
     """
     depth = cfg.depth if depth is None else depth
-    C, V = cfg.embed_dim, cfg.vocab_size
+    C = cfg.embed_dim
     begin, end = cfg.scale_ranges()[scale_index]
     l = end - begin
-    params = depth * block_matmul_params(cfg) + C * V + cfg.z_channels * C
+    params = step_matmul_params(cfg, depth)
     flops = 2 * rows * l * params + depth * 4 * rows * l * end * C
     weight_bytes = params * elem_bytes
     kv_bytes = depth * 2 * rows * end * C * elem_bytes
@@ -92,6 +98,13 @@ def transformer_floor_seconds(cfg: TransformerConfig, batch: int, peaks: DeviceP
         flops, nbytes = transformer_step_costs(cfg, rows, si, elem_bytes=elem_bytes)
         total += max(nbytes / peaks.bandwidth, flops / peaks.matmul)
     return total
+
+
+def transformer_matmul_flops(cfg: TransformerConfig, batch: int, *, guided: bool = True) -> float:
+    """FLOPs of one sampling call's weight matmuls (linear layers): the conditioning once, then every
+    scale's tokens through the blocks, the head and the input projection (attention not included)."""
+    rows = batch * (2 if guided else 1)
+    return conditioning_costs(cfg, rows)[0] + 2 * rows * cfg.num_tokens * step_matmul_params(cfg)
 
 
 def decoder_flops(decoder: torch.nn.Module, latent_shape: tuple[int, ...], device: torch.device | str) -> int:

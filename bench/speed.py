@@ -1,33 +1,17 @@
-"""Speed: s/image and tokens/s versus batch size, split into transformer, decode and search
-(hook) time. Writes bench/results/speed.{json,md} and speed.png.
+"""Speed: s/image and tokens/s versus batch size, split into transformer and decode time.
+Writes bench/results/speed.{json,md} and speed.png.
 Usage: python -m bench.speed [--model default] [--batches 1,4,16,64] [--repeats 2] [--threads 2]
 """
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 from bench.common import markdown_table, parse_args, results_dir, write_results
 from bench.plot import line_chart
 from bench.sampler import build
-
-
-class TimedHooks:
-    """Wraps hooks to measure the time spent in them (the search share of a call)."""
-
-    def __init__(self, hooks=()):
-        self.hooks, self.seconds = list(hooks), 0.0
-
-    def after_scale(self, step):
-        t0 = time.perf_counter()
-        keep = None
-        for hook in self.hooks:
-            keep = hook.after_scale(step)
-        self.seconds += time.perf_counter() - t0
-        return keep
 
 
 def main(argv=None) -> None:
@@ -45,14 +29,12 @@ def main(argv=None) -> None:
         labels = torch.arange(batch) % pipe.config.num_classes
         runs = []
         for r in range(args.repeats):
-            hooks = TimedHooks()
-            out = pipe.generate(labels, seed=r, cfg=args.cfg, hooks=[hooks])
-            s = out.stats
-            runs.append((s.seconds, s.transformer_seconds - hooks.seconds, s.decode_seconds, hooks.seconds))
-        total, transformer, decode, search = (statistics.median(x) for x in zip(*runs))
+            s = pipe.generate(labels, seed=r, cfg=args.cfg).stats
+            runs.append((s.seconds, s.transformer_seconds, s.decode_seconds))
+        total, transformer, decode = (statistics.median(x) for x in zip(*runs))
         rows.append({"model": args.model, "batch": batch, "s_per_image": total / batch,
                      "tokens_per_s": batch * L / transformer, "transformer_s": transformer, "decode_s": decode,
-                     "search_s": search, "decode_share": decode / total})
+                     "decode_share": decode / total})
         print(rows[-1], flush=True)
     line_chart(results_dir() / "speed.png", f"{args.model}: seconds per image vs batch (cfg {args.cfg})", "batch",
                "s/image", {"s/image": [(r["batch"], r["s_per_image"]) for r in rows]})
