@@ -5,7 +5,8 @@ import importlib
 import sys
 
 NAMES = ["quality", "memory", "speed", "variant", "sampler", "decoder", "draw", "search", "official", "supernet_frontier",
-         "allocator"]
+         "allocator", "serve_load", "wheel"]
+NOT_IN_ALL = ("official", "supernet_frontier", "allocator", "serve_load")
 
 
 def main(argv=None) -> int:
@@ -18,7 +19,7 @@ def main(argv=None) -> int:
         if not asked and argv:
             print(f"error: unknown benchmark {argv[0]!r}", file=sys.stderr)
         return 0 if asked else 2
-    names = [n for n in NAMES if n not in ("official", "supernet_frontier", "allocator")] if argv[0] == "all" else [argv[0]]
+    names = [n for n in NAMES if n not in NOT_IN_ALL] if argv[0] == "all" else [argv[0]]
     for name in names:
         importlib.import_module(f"bench.{name}").main(argv[1:] if argv[0] != "all" else [])
     return 0

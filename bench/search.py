@@ -1,12 +1,15 @@
 """Test-time search against Best-of-N and plain sampling on the default model, at equal compute.
 
-Every method sees the same requests (class c, seed s) and returns one image per request. The search
-is scored by the shipped evaluator (its reward); the reported accuracy, mean log p(label) and
-FID-style distance come from an independent judge (another classifier, other seed and width,
-trained here on first use and cached in bench/results/tmp/judge), so the search never grades itself.
-Compute is transformer FLOPs in plain full-depth samples; wall-clock includes decodes and scoring.
+Every method sees the same requests (class c; generate calls of `--chunk` requests seeded 1000 + the
+first request's index) and returns one image per request. Searches score candidates with a shipped
+scorer: 'evaluator' (decoded partial images, the evaluator's log p(label)), 'latent' (the latent
+reward on f_hat, no decode) or 'auto' (latent during the search, the evaluator's final pick). The reported accuracy, mean log p(label) and FID-style distance come from
+an independent judge (another classifier, other seed and width, trained here on first use and cached
+in bench/results/tmp/judge), so a search never grades itself. Compute is transformer FLOPs in plain
+full-depth samples; wall-clock includes decodes and scoring.
 
-Usage: python -m bench.search [--per-class 20] [--budgets 2,4] [--cfg 0] [--depth 2 --switch-scale 1]
+Usage: python -m bench.search [--per-class 20] [--budgets 2,4] [--scorers evaluator,latent,auto] [--cfg 0]
+                              [--depth 2 --switch-scale 1] [--methods tts,best_of_n]
 """
 from __future__ import annotations
 
@@ -37,13 +40,13 @@ def judge(steps: int = 800) -> Evaluator:
                            progress=False).eval()
 
 
-def run_method(pipe: Pipeline, labels: torch.Tensor, seeds: list[int], chunk: int, **kwargs) -> dict:
+def run_method(pipe: Pipeline, labels: torch.Tensor, chunk: int, **kwargs) -> dict:
     """One image per request; totals of compute, wall-clock, decodes and search overhead."""
     images, rewards, stats = [], [], dict(compute=0.0, seconds=0.0, decodes=0, overhead=0.0)
     evaluator = pipe.components["evaluator"]
     for i in range(0, len(labels), chunk):
         t = time.perf_counter()
-        out = pipe.generate(labels[i:i + chunk], seed=seeds[i:i + chunk], **kwargs)
+        out = pipe.generate(labels[i:i + chunk], seed=1000 + i, **kwargs)
         stats["seconds"] += time.perf_counter() - t
         stats["compute"] += out.stats.compute
         stats["decodes"] += out.stats.decodes
@@ -72,6 +75,101 @@ def diversity(features: torch.Tensor, labels: torch.Tensor) -> float | None:
     return float(torch.stack(per_class).mean()) if per_class else None
 
 
+class RecordRewards:
+    """A scale hook that scores every partial result with both shipped scorers (no selection)."""
+
+    def __init__(self, pipe: Pipeline):
+        self.image_reward, _ = pipe.search_scorer("evaluator")
+        self.latent_reward, _ = pipe.search_scorer("latent")
+        self.scores: dict[str, list[torch.Tensor]] = {"evaluator": [], "latent": []}
+
+    def after_scale(self, step):
+        pop = step.population
+        self.scores["evaluator"].append(self.image_reward(step.decode(), pop.labels).cpu())
+        self.scores["latent"].append(self.latent_reward(pop.f_hat, pop.labels, step.scale_index).cpu())
+        return None
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    ra, rb = a.argsort().argsort().float(), b.argsort().argsort().float()
+    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+
+
+def auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """Probability that a positive outscores a negative (ties count half)."""
+    pos, neg = scores[positive.bool()], scores[~positive.bool()]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).float().mean()
+    ties = (pos[:, None] == neg[None, :]).float().mean()
+    return float(greater + 0.5 * ties)
+
+
+def consistency(pipe: Pipeline, referee: Evaluator, labels: torch.Tensor, chunk: int, **kwargs) -> list[dict]:
+    """Per scale: how well each scorer's partial reward predicts the final reward and the judge's verdict."""
+    recs, correct = {"evaluator": [], "latent": []}, []
+    for i in range(0, len(labels), chunk):
+        hook = RecordRewards(pipe)
+        out = pipe.generate(labels[i:i + chunk], seed=1000 + i, hooks=[hook], **kwargs)
+        for name in recs:
+            recs[name].append(torch.stack(hook.scores[name], 1))  # (b, K)
+        with torch.no_grad():
+            correct.append((referee(out.images).argmax(1) == out.labels.cpu()).float())
+    correct_t = torch.cat(correct)
+    rows = []
+    for k in range(pipe.config.transformer.num_scales):
+        row = {"scale": k}
+        for name, parts in recs.items():
+            r = torch.cat(parts)
+            row[f"{name}_spearman_to_final"] = spearman(r[:, k], r[:, -1])
+            row[f"{name}_auc_judge_correct"] = auc(r[:, k], correct_t)
+        rows.append(row)
+    return rows
+
+
+def ablation(pipe: Pipeline, referee: Evaluator, features, held01, labels, args) -> None:
+    """Consistency of partial rewards per scale, then TTS variants at one budget (latent scorer)."""
+    from var_engine.search import TTSConfig
+
+    sub = dict(depth=args.depth, switch_scale=args.switch_scale, cfg=args.cfg)
+    cons = consistency(pipe, referee, labels, args.chunk, **sub)
+    b = float(args.budgets.split(",")[0])
+    K = pipe.config.transformer.num_scales
+    variants = {"both (default)": {}, "clustering only": {"resample_scales": ()},
+                "resampling only": {"cluster_scales": ()}, "final pick only": {"cluster_scales": (),
+                                                                               "resample_scales": ()}}
+    for kind in ("diff", "sum", "max"):
+        variants[f"potential {kind}"] = {"potential": kind}
+    for scales in ((K - 4, K - 3), (K - 3,), (K - 2,)):
+        variants[f"resample at {','.join(map(str, scales))}"] = {"resample_scales": scales}
+    rows = []
+    for name, over in variants.items():
+        cfg = TTSConfig(budget=b, **over)
+        res = run_method(pipe, labels, args.chunk, search=cfg, reward="latent", **sub)
+        with torch.no_grad():
+            acc = float((referee(res["images"]).argmax(1) == labels).float().mean())
+        rows.append({"variant": name, "compute": res["compute"] / len(labels), "judge_accuracy": acc,
+                     "fid": frechet_distance(features, batches(held01), batches(res["images"])),
+                     "diversity": diversity(referee.features(res["images"]), labels),
+                     "ms_per_image": 1e3 * res["seconds"] / len(labels)})
+        print(f"{name}: {acc:.3f}", flush=True)
+    bon = run_method(pipe, labels, args.chunk, search="best_of_n", budget=b, reward="latent", **sub)
+    with torch.no_grad():
+        acc = float((referee(bon["images"]).argmax(1) == labels).float().mean())
+    rows.append({"variant": f"best-of-N (same budget)", "compute": bon["compute"] / len(labels), "judge_accuracy": acc,
+                 "fid": frechet_distance(features, batches(held01), batches(bon["images"])),
+                 "diversity": diversity(referee.features(bon["images"]), labels),
+                 "ms_per_image": 1e3 * bon["seconds"] / len(labels)})
+    ccols = ["scale", "evaluator_spearman_to_final", "evaluator_auc_judge_correct", "latent_spearman_to_final",
+             "latent_auc_judge_correct"]
+    table = (f"Partial rewards per scale ({len(labels)} plain samples, depth {args.depth} after scale "
+             f"{args.switch_scale}, cfg {args.cfg}): rank correlation with the final reward, and AUC for the "
+             "judge's verdict on the final image\n\n" + markdown_table(cons, ccols)
+             + f"\n\nTTS variants at budget {b:g}, latent scorer ({len(labels)} requests)\n\n"
+             + markdown_table(rows, ["variant", "compute", "ms_per_image", "judge_accuracy", "fid", "diversity"]))
+    write_results(args.out + "_ablation", {"args": vars(args), "consistency": cons, "rows": rows}, table)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=None)
@@ -81,8 +179,14 @@ def main(argv=None) -> None:
     p.add_argument("--depth", type=int, default=2, help="subnet depth the searches run on")
     p.add_argument("--switch-scale", type=int, default=1)
     p.add_argument("--chunk", type=int, default=20, help="requests per generate call")
+    p.add_argument("--scorers", default="evaluator",
+                   help="search scorers (comma-separated): evaluator, latent, auto (latent during the search, the "
+                        "evaluator for the final pick)")
+    p.add_argument("--methods", default="tts,best_of_n", help="searches to run: tts, best_of_n")
     p.add_argument("--judge-steps", type=int, default=800)
     p.add_argument("--out", default="search")
+    p.add_argument("--ablation", action="store_true",
+                   help="instead: partial-reward consistency per scale and TTS variants at the first budget")
     args = parse_args(p, argv)
 
     pipe = Pipeline.from_pretrained(args.checkpoint)
@@ -92,22 +196,26 @@ def main(argv=None) -> None:
     judge_acc = float((referee(held01).argmax(1) == held_labels).float().mean())
     features = FeatureExtractor(referee)
     K = pipe.config.num_classes
-    labels = torch.arange(K).repeat(args.per_class)  # request r: class r % K, seed 1000 + r
-    seeds = [1000 + r for r in range(len(labels))]
+    labels = torch.arange(K).repeat(args.per_class)  # request r: class r % K
+    if args.ablation:
+        return ablation(pipe, referee, features, held01, labels, args)
     sub = dict(depth=args.depth, switch_scale=args.switch_scale)
     common = dict(cfg=args.cfg)
     budgets = [float(b) for b in args.budgets.split(",")]
-    methods: list[tuple[str, float, dict]] = [("plain (full depth)", 1.0, {}), (f"plain (d{args.depth}@{args.switch_scale})", 1.0, sub)]
-    for b in budgets:
-        methods += [(f"best-of-N B={b:g}", b, dict(search="best_of_n", budget=b, **sub)),
-                    (f"TTS B={b:g}", b, dict(search="tts", budget=b, **sub)),
-                    (f"best-of-N B={2 * b:g}", 2 * b, dict(search="best_of_n", budget=2 * b, **sub))]
-    seen, runs = set(), {}
-    for name, budget, kwargs in methods:
-        if name in seen:
+    scorers = [x.strip() for x in args.scorers.split(",") if x.strip()]
+    wanted = [x.strip() for x in args.methods.split(",") if x.strip()]
+    methods: list[tuple[str, dict]] = [("plain (full depth)", {}), (f"plain (d{args.depth}@{args.switch_scale})", sub)]
+    for scorer in scorers:
+        for b in budgets:
+            for mode, budget in (("best_of_n", b), ("tts", b), ("best_of_n", 2 * b)):
+                if mode in wanted:
+                    name = f"{'TTS' if mode == 'tts' else 'best-of-N'} B={budget:g} [{scorer}]"
+                    methods.append((name, dict(search=mode, budget=budget, reward=scorer, **sub)))
+    runs = {}
+    for name, kwargs in methods:
+        if name in runs:
             continue
-        seen.add(name)
-        res = run_method(pipe, labels, seeds, args.chunk, **common, **kwargs)
+        res = run_method(pipe, labels, args.chunk, **common, **kwargs)
         with torch.no_grad():
             logp = referee(res["images"]).log_softmax(1)
             res["correct"] = (logp.argmax(1) == labels).float()
@@ -125,21 +233,26 @@ def main(argv=None) -> None:
                      "decodes_per_image": res["decodes"] / n,
                      "overhead_share": res["overhead"] / res["seconds"],
                      "judge_accuracy": float(res["correct"].mean()), "judge_logp": float(res["judge_logp"].mean()),
-                     "fid": res["fid"], "search_reward": float(res["rewards"].mean()),
+                     "fid": res["fid"], "evaluator_logp": float(res["rewards"].mean()),
                      "diversity": res["diversity"]})
     comparisons = []
-    for b in budgets:
-        tts, bon, bon2 = runs[f"TTS B={b:g}"], runs[f"best-of-N B={b:g}"], runs[f"best-of-N B={2 * b:g}"]
-        for other_name, other in ((f"best-of-N B={b:g}", bon), (f"best-of-N B={2 * b:g}", bon2),
-                                  ("plain (full depth)", runs["plain (full depth)"])):
-            diff = tts["correct"] - other["correct"]
-            lo, hi = bootstrap_ci(diff)
-            comparisons.append({"tts": f"TTS B={b:g}", "vs": other_name, "accuracy_diff": float(diff.mean()),
-                                "ci95_low": lo, "ci95_high": hi, "fid_diff": tts["fid"] - other["fid"],
-                                "wall_ratio": tts["seconds"] / other["seconds"]})
+    for scorer in scorers:
+        for b in budgets:
+            name = f"TTS B={b:g} [{scorer}]"
+            if name not in runs:
+                continue
+            tts = runs[name]
+            others = [f"best-of-N B={b:g} [{scorer}]", f"best-of-N B={2 * b:g} [{scorer}]", "plain (full depth)"]
+            for other_name in (o for o in others if o in runs):
+                other = runs[other_name]
+                diff = tts["correct"] - other["correct"]
+                lo, hi = bootstrap_ci(diff)
+                comparisons.append({"tts": name, "vs": other_name, "accuracy_diff": float(diff.mean()),
+                                    "ci95_low": lo, "ci95_high": hi, "fid_diff": tts["fid"] - other["fid"],
+                                    "wall_ratio": tts["seconds"] / other["seconds"]})
     cols = ["method", "compute", "ms_per_image", "decodes_per_image", "overhead_share", "judge_accuracy",
-            "judge_logp", "fid", "search_reward", "diversity"]
-    table = (f"Search on the default model: {n} requests ({args.per_class} per class, seeds 1000+), cfg {args.cfg}, "
+            "judge_logp", "fid", "evaluator_logp", "diversity"]
+    table = (f"Search on the default model: {n} requests ({args.per_class} per class), cfg {args.cfg}, "
              f"searches on depth {args.depth} after scale {args.switch_scale}; judge held-out accuracy "
              f"{judge_acc:.3f}\n\n" + markdown_table(rows, cols) + "\n\nTTS minus the other method, paired by "
              "request (accuracy difference with a 95% bootstrap interval):\n\n"
@@ -148,10 +261,15 @@ def main(argv=None) -> None:
     payload = {"args": vars(args), "judge_heldout_accuracy": judge_acc, "requests": n, "rows": rows,
                "comparisons": comparisons}
     write_results(args.out, payload, table)
-    series: dict[str, list] = {"plain": [], "best-of-N": [], "TTS": []}
+    series: dict[str, list] = {}
     for r in rows:
-        key = "TTS" if r["method"].startswith("TTS") else "best-of-N" if r["method"].startswith("best") else "plain"
-        series[key].append((r["ms_per_image"], r["judge_accuracy"], r["method"].split(" ", 1)[-1]))
+        if r["method"].startswith("plain"):
+            key, label = "plain", r["method"].split(" ", 1)[1]
+        else:
+            kind, rest = r["method"].split(" B=")
+            budget, scorer = rest.split(" ", 1)
+            key, label = f"{kind} {scorer}", f"B={budget}"
+        series.setdefault(key, []).append((r["ms_per_image"], r["judge_accuracy"], label))
     for key in series:
         series[key].sort()
     line_chart(Path(results_dir()) / f"{args.out}.png", "Judge accuracy vs wall-clock per image",

@@ -363,9 +363,10 @@ class Pipeline:
         'fast' (the same distribution with less sampling work; other tokens for a seed).
         search: 'tts' (TTS-VAR), 'best_of_n' or a TTSConfig/BestOfNConfig: each label's image is the best
         of a search costing `budget` plain full-depth samples of transformer compute (default 4), scored
-        by `reward`: a callable, or 'latent' / 'evaluator' / 'auto' for the shipped scorers (`search_scorer`;
-        default 'auto'); works with depth plans, whose cheaper scales buy more candidates. out.search holds
-        the trace.
+        by `reward`: a callable, or 'latent' / 'evaluator' / 'imagenet' / 'auto' for the shipped scorers
+        (`search_scorer`; 'auto', the default, steers with the decode-free latent reward where shipped and
+        picks the winner with the evaluator); works with depth plans, whose cheaper scales buy more
+        candidates. out.search holds the trace.
         Raises InputError/ConfigError for bad ids or settings.
         """
         settings = SamplingConfig(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth, draw=draw)
@@ -392,10 +393,13 @@ class Pipeline:
                 raise InputError(f"{len(generator)} seeds for {labels_B.numel()} labels")
         groups, plan = None, None
         if search is not None:
-            default_reward, default_features = self.search_scorer(reward if isinstance(reward, str) else "auto")
+            scorer = reward if isinstance(reward, str) else "auto"
+            default_reward, default_features = self.search_scorer(scorer)
+            # 'auto': the decode-free scorer steers the search, the evaluator (where shipped) picks the winner
+            final = self.search_scorer("evaluator")[0] if scorer == "auto" else None
             plan = plan_search(search, self.config.transformer, labels_B, generator, budget=budget,
                                reward=None if isinstance(reward, str) else reward, default_reward=default_reward,
-                               default_features=default_features, layer_plan=layer_plan)
+                               default_features=default_features, default_final_reward=final, layer_plan=layer_plan)
             labels_B, groups, generator, hooks = plan.labels, plan.groups, plan.generators, [*hooks, plan.hook]
         elif budget is not None or reward is not None:
             raise InputError("budget and reward belong to a search: add search='tts' or 'best_of_n'")

@@ -40,8 +40,9 @@ class TTSConfig:
     potential: str = "value"
     lam: float = 10.0  # resampling sharpness on standardized rewards
     standardize: bool = True  # rewards as z-scores within each request's population before potentials
-    reward: Reward | None = None  # None: the model's evaluator, log p(label | image)
-    features: FeatureExtractor | None = None  # None: the evaluator's pooled features
+    reward: Reward | None = None  # scores at the resampling scales (None: the pipeline's default scorer)
+    features: FeatureExtractor | None = None  # for clustering (None: the pipeline's default features)
+    final_reward: Reward | None = None  # picks the winner after the last scale (None: `reward`, or the default)
     keep_candidates: bool = False  # return every final candidate with its per-scale scores
 
     def __post_init__(self) -> None:
@@ -118,8 +119,10 @@ class SearchHook:
 
     def __init__(self, schedule: Schedule, reward: Reward, features: FeatureExtractor | None,
                  cluster_scales: Sequence[int], resample_scales: Sequence[int], potential_kind: str, lam: float,
-                 standardize: bool, generator: torch.Generator, trace: SearchTrace, keep_candidates: bool):
+                 standardize: bool, generator: torch.Generator, trace: SearchTrace, keep_candidates: bool,
+                 final_reward: Reward | None = None):
         self.schedule, self.reward, self.features = schedule, reward, features
+        self.final_reward = final_reward or reward
         self.cluster_scales, self.resample_scales = set(cluster_scales), set(resample_scales)
         self.potential_kind, self.lam, self.standardize = potential_kind, lam, standardize
         self.generator, self.trace, self.keep_candidates = generator, trace, keep_candidates
@@ -142,12 +145,12 @@ class SearchHook:
         group = step.group_B.cpu()
         return [(group == g).nonzero().flatten() for g in group.unique(sorted=True)]
 
-    def _score(self, step: ScaleStep) -> torch.Tensor:
+    def _score(self, step: ScaleStep, reward: Reward) -> torch.Tensor:
         pop = step.population
-        if reads_latents(self.reward):
-            scores = self.reward(pop.f_hat, pop.labels, step.scale_index)
+        if reads_latents(reward):
+            scores = reward(pop.f_hat, pop.labels, step.scale_index)
         else:
-            scores = self.reward(step.decode(), pop.labels)
+            scores = reward(step.decode(), pop.labels)
         scores = checked_scores(scores, pop.batch)
         pop.record_score(scores)
         return scores.cpu()
@@ -175,7 +178,7 @@ class SearchHook:
 
     def _resample(self, step: ScaleStep) -> torch.Tensor:
         n = self.schedule.after(step.scale_index)
-        scores = self._score(step)
+        scores = self._score(step, self.reward)
         history = step.population.score_history().cpu()
         kept = []
         for members in self._groups(step):
@@ -186,7 +189,7 @@ class SearchHook:
         return self._record(step, "resample", torch.cat(kept), scores)
 
     def _final(self, step: ScaleStep) -> torch.Tensor:
-        scores = self._score(step)
+        scores = self._score(step, self.final_reward)
         pop = step.population
         if self.keep_candidates:
             self.trace.candidates = {"images": step.decode().cpu(), "labels": pop.labels.cpu(),
@@ -244,11 +247,14 @@ def candidate_seed(seed: int, candidate: int) -> int:
 def plan_search(search: str | TTSConfig | BestOfNConfig, cfg: TransformerConfig, labels_B: torch.Tensor,
                 generator: torch.Generator | list[torch.Generator], *, budget: float | None = None,
                 reward: Reward | None = None, default_reward: Reward | None = None,
-                default_features: FeatureExtractor | None = None,
+                default_features: FeatureExtractor | None = None, default_final_reward: Reward | None = None,
                 layer_plan: LayerPlan | None = None) -> SearchPlan:
     """Turn a search request into the starting population and the hook.
 
-    search: 'tts', 'best_of_n' or a config; budget/reward override the config's. generator: the call's
+    search: 'tts', 'best_of_n' or a config; budget/reward override the config's (a reward given here or in
+    the config also makes the final pick unless the config names a final_reward; otherwise the defaults
+    apply: default_reward and default_features during the search, default_final_reward for the pick).
+    generator: the call's
     generator (one stream for the whole population) or one per request (each candidate then gets its
     own stream from `candidate_seed`).
     """
@@ -260,8 +266,10 @@ def plan_search(search: str | TTSConfig | BestOfNConfig, cfg: TransformerConfig,
     elif budget is not None:
         search = replace(search, budget=budget, **({"n": None} if isinstance(search, BestOfNConfig) else
                                                    {"batches": None}))
-    reward = reward or search.reward or default_reward
-    if reward is None:
+    chosen = reward or search.reward
+    final_reward = getattr(search, "final_reward", None) or chosen or default_final_reward or default_reward
+    reward = chosen or default_reward
+    if reward is None or final_reward is None:
         raise ConfigError("this model has no evaluator to score candidates with: pass reward=")
     K = cfg.num_scales
     layers = layers_per_scale(cfg, layer_plan)
@@ -321,5 +329,5 @@ def plan_search(search: str | TTSConfig | BestOfNConfig, cfg: TransformerConfig,
     search_generator = torch.Generator().manual_seed(search_seed)
     trace = SearchTrace(mode, schedule.batches, tuple(cluster), tuple(resample_at), schedule.cost(cfg, layers))
     hook = SearchHook(schedule, reward, features, cluster, resample_at, potential_kind, lam, standardize,
-                      search_generator, trace, search.keep_candidates)
+                      search_generator, trace, search.keep_candidates, final_reward)
     return SearchPlan(labels, groups, generators, hook, trace)
