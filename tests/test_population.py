@@ -145,3 +145,9 @@ def test_scores_follow_the_population(tiny_pipeline):
 
     tiny_pipeline.generate([0, 1, 2], seed=0, hooks=[Score()])
     assert final["history"].tolist() == [[20.0, 1.0], [20.0, 1.0], [0.0, 1.0]]
+
+
+def test_stats_record_a_selection_a_hook_makes_itself(tiny_pipeline):
+    out = tiny_pipeline.generate([1, 2, 3], seed=[7, 8, 9], hooks=[Select(1, [0, 0], fork_streams=False)])
+    assert [s.batch for s in out.stats.per_scale] == [3, 3, 2, 2]
+    assert [s.selected for s in out.stats.per_scale] == [None, 2, None, None]

@@ -267,3 +267,37 @@ def test_latent_reward_trains_saves_loads_and_searches_without_decoding(tiny_pip
     assert out.stats.decodes == 0 and out.images.shape[0] == 2
     assert [s.kind for s in out.search.selections] == ["cluster", "resample", "final"]
     assert load_latent_reward(tmp_path / "nothing") is None
+
+
+def test_a_request_searched_in_a_batch_equals_it_searched_alone(tiny_pipeline):
+    """With one seed per label, each request's population and search streams are its own."""
+    alone = tiny_pipeline.generate([3], seed=[6], search=tts())
+    for labels, seeds in (([1, 3], [5, 6]), ([3, 4], [6, 9])):
+        batch = tiny_pipeline.generate(labels, seed=seeds, search=tts())
+        i = labels.index(3)
+        assert torch.equal(batch.tokens[i], alone.tokens[0]) and torch.equal(batch.images[i], alone.images[0])
+
+
+def test_zero_lambda_resamples_uniformly_whatever_the_potentials():
+    assert resampling_weights(torch.tensor([float("inf"), 1.0, 5.0, float("nan")]), 0.0).tolist() == pytest.approx(
+        [1 / 3, 1 / 3, 1 / 3, 0.0])
+
+
+def test_one_dimensional_features_cluster(tiny_pipeline):
+    out = tiny_pipeline.generate([2], seed=0, search=tts(features=lambda images: images.mean(dim=(1, 2, 3))))
+    assert [s.kind for s in out.search.selections] == ["cluster", "resample", "final"]
+
+
+def test_default_selection_scales_never_collide_on_short_models(tiny_pipeline):
+    out = tiny_pipeline.generate([2], seed=0, search=TTSConfig(budget=3.0, reward=brightness, features=flat))
+    cluster, resample_at = set(out.search.cluster_scales), set(out.search.resample_scales)
+    assert cluster and not cluster & resample_at
+
+
+def test_all_nan_final_rewards_warn(tiny_pipeline, caplog):
+    def nan_reward(images, labels):
+        return torch.full((images.shape[0],), float("nan"))
+
+    with caplog.at_level(logging.WARNING, logger="var_engine.search.strategy"):
+        out = tiny_pipeline.generate([1], seed=0, search=BestOfNConfig(n=3, reward=nan_reward))
+    assert out.images.shape[0] == 1 and "every final reward" in caplog.text

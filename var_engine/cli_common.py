@@ -120,7 +120,8 @@ def depth_plan_from_args(pipe, args: argparse.Namespace, batch: int):
 def add_search_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("test-time search")
     g.add_argument("--search", choices=["tts", "best_of_n"], default=None,
-                   help="spend more compute per image: TTS-VAR or Best-of-N, scored by the model's evaluator")
+                   help="spend more compute per image: TTS-VAR or Best-of-N, scored by the model's shipped "
+                        "scorers (latent reward during the search, evaluator for the final pick)")
     g.add_argument("--budget", type=float, default=None,
                    help="search compute per image in plain full-depth samples (default 4)")
 

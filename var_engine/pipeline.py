@@ -143,6 +143,7 @@ class Pipeline:
             components["evaluator"] = load_evaluator(directory)
         latent_reward = load_latent_reward(directory)
         if latent_reward is not None:
+            latent_reward.classifier.cfg.check_fits(config.tokenizer)
             components["latent_reward"] = latent_reward.classifier
         return cls(tokenizer, transformer, config, components, meta).to(device).with_attention(attention)
 
@@ -414,7 +415,7 @@ class Pipeline:
         t1 = time.perf_counter()
         images = None
         if decode:
-            images = result.population.cached_images() if result.population is not None else None
+            images = result.images
             if images is None:
                 with autocast:
                     images = self.decode_fhat(result.f_hat)

@@ -66,6 +66,7 @@ class Population:
     decode_count: int = 0  # images decoded for hooks in this call
     decode_seconds: float = 0.0
     next_lineage: int = 0
+    selections: int = 0  # select() calls so far
     _images: torch.Tensor | None = None  # decoded f_hat, kept until f_hat changes
 
     def __post_init__(self) -> None:
@@ -132,6 +133,7 @@ class Population:
         it (fork_streams=False: a copy continues exactly like its original), and new lineage ids.
         """
         idx = torch.as_tensor(indices, dtype=torch.long, device=self.labels.device).flatten()
+        self.selections += 1
         n = idx.numel()
         if not 1 <= n <= self.cache.batch:
             raise ValueError(f"a population of {self.batch} can continue with 1 to {self.cache.batch} samples, "

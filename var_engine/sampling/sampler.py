@@ -101,7 +101,7 @@ class SampleResult:
     scores: dict[int, torch.Tensor] = field(default_factory=dict)  # scale -> (B,) scores hooks recorded
     decodes: int = 0  # images decoded for hooks
     decode_seconds: float = 0.0  # of those decodes
-    population: Population | None = None  # the final population (its images() reuses a hook's decode)
+    images: torch.Tensor | None = None  # the final images in [0, 1] if a hook decoded them (else None)
 
 
 def last_run_scales(plan: LayerPlan | None, depth: int, num_scales: int) -> list[int]:
@@ -216,16 +216,18 @@ def sample(transformer: VARTransformer, quantizer: MultiScaleQuantizer, labels_B
         f_hat = pop.f_hat.clone()  # hooks may hold the previous f_hat: never change it in place
         next_map = quantizer.next_scale_input(si, f_hat, h_BChw)
         pop.advance(idx_Bl, logits, f_hat, next_map if si + 1 < K else None)
-        th = time.perf_counter()
-        selected = None
+        selected, hook_seconds = None, 0.0
         if hooks:
+            _sync(device)  # the scale's own kernels are not hook time
+            th, selections = time.perf_counter(), pop.selections
             step = ScaleStep(si, K, pop)
             for hook in hooks:
                 keep = hook.after_scale(step)
                 if keep is not None:
                     pop.select(keep)
-                    selected = pop.batch
-        hook_seconds = time.perf_counter() - th
+            _sync(device)
+            hook_seconds = time.perf_counter() - th
+            selected = pop.batch if pop.selections != selections else None
         if si + 1 < K:
             # release caches of layers no later scale runs
             cache.release(layer for layer, last in enumerate(last_run) if last == si)
@@ -237,4 +239,4 @@ def sample(transformer: VARTransformer, quantizer: MultiScaleQuantizer, labels_B
                                     cfg_t.depth if layers is None else len(layers), hook_seconds, selected))
     return SampleResult(pop.tokens, pop.f_hat, pop.labels, per_scale, cache.peak_bytes, time.perf_counter() - t0,
                         group=pop.group, lineage=pop.lineage, scores=pop.scores, decodes=pop.decode_count,
-                        decode_seconds=pop.decode_seconds, population=pop)
+                        decode_seconds=pop.decode_seconds, images=pop.cached_images())

@@ -38,6 +38,15 @@ class LatentClassifierConfig:
     def __post_init__(self) -> None:
         if min(self.z_channels, self.latent_size, self.num_scales, self.width) < 1 or self.num_classes < 2:
             raise ConfigError(f"invalid latent classifier config {self}")
+        if self.width % 8:
+            raise ConfigError(f"latent classifier width must be a multiple of 8 (group norms), got {self.width}")
+
+    def check_fits(self, tokenizer_cfg) -> None:
+        """CheckpointError unless this classifier reads the latents of `tokenizer_cfg`."""
+        want = (tokenizer_cfg.z_channels, tokenizer_cfg.patch_nums[-1], len(tokenizer_cfg.patch_nums))
+        if (self.z_channels, self.latent_size, self.num_scales) != want:
+            raise CheckpointError(f"the latent reward reads latents of {self.z_channels} channels, size "
+                                  f"{self.latent_size}, {self.num_scales} scales; this model's are {want}")
 
 
 class LatentClassifier(nn.Module):

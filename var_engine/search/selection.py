@@ -38,6 +38,9 @@ def resampling_weights(potentials: torch.Tensor, lam: float) -> torch.Tensor:
     """
     p = potentials.double()
     finite = torch.isfinite(p)
+    if lam == 0:  # the potentials do not matter: uniform over the candidates that have one
+        w = (~torch.isnan(p)).double()
+        return (w / w.sum()).float() if w.sum() > 0 else torch.full_like(p, 1.0 / p.numel()).float()
     if torch.isposinf(p).any():
         w = torch.isposinf(p).double()
         return (w / w.sum()).float()

@@ -9,6 +9,7 @@ only at those scales.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -26,6 +27,8 @@ from .schedule import CLUSTER_AT, RESAMPLE_AT, Schedule, scales_at, schedule_for
 from .selection import POTENTIALS, potential, resample
 
 SEARCH_MODES = ("tts", "best_of_n")
+SEARCH_STREAM = 10**9  # candidate index reserved for a request's search stream (k-means, resampling)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -119,13 +122,14 @@ class SearchHook:
 
     def __init__(self, schedule: Schedule, reward: Reward, features: FeatureExtractor | None,
                  cluster_scales: Sequence[int], resample_scales: Sequence[int], potential_kind: str, lam: float,
-                 standardize: bool, generator: torch.Generator, trace: SearchTrace, keep_candidates: bool,
+                 standardize: bool, generators: Sequence[torch.Generator], trace: SearchTrace, keep_candidates: bool,
                  final_reward: Reward | None = None):
         self.schedule, self.reward, self.features = schedule, reward, features
         self.final_reward = final_reward or reward
         self.cluster_scales, self.resample_scales = set(cluster_scales), set(resample_scales)
         self.potential_kind, self.lam, self.standardize = potential_kind, lam, standardize
-        self.generator, self.trace, self.keep_candidates = generator, trace, keep_candidates
+        # one stream per request, so a request's search does not depend on the other requests of the call
+        self.generators, self.trace, self.keep_candidates = list(generators), trace, keep_candidates
 
     def after_scale(self, step: ScaleStep) -> torch.Tensor | None:
         si = step.scale_index
@@ -141,9 +145,10 @@ class SearchHook:
         finally:
             self.trace.overhead_seconds += time.perf_counter() - t
 
-    def _groups(self, step: ScaleStep) -> list[torch.Tensor]:
+    def _groups(self, step: ScaleStep) -> list[tuple[int, torch.Tensor]]:
+        """(request, its members' population indices) for every request, in request order."""
         group = step.group_B.cpu()
-        return [(group == g).nonzero().flatten() for g in group.unique(sorted=True)]
+        return [(int(g), (group == g).nonzero().flatten()) for g in group.unique(sorted=True)]
 
     def _score(self, step: ScaleStep, reward: Reward) -> torch.Tensor:
         pop = step.population
@@ -158,7 +163,7 @@ class SearchHook:
     def _cluster(self, step: ScaleStep) -> torch.Tensor | None:
         k = self.schedule.after(step.scale_index)
         groups = self._groups(step)
-        if all(len(m) <= k for m in groups):
+        if all(len(m) <= k for _, m in groups):
             return None
         if reads_latents(self.features):
             feats = self.features(step.f_hat_BChw, step.scale_index)
@@ -167,12 +172,12 @@ class SearchHook:
         if not isinstance(feats, torch.Tensor) or feats.ndim < 1 or feats.shape[0] != step.population.batch:
             raise InputError(f"the feature extractor returned {getattr(feats, 'shape', type(feats))} for "
                              f"{step.population.batch} images; expected ({step.population.batch}, D)")
-        feats = feats.detach().float().flatten(1).cpu()
+        feats = feats.detach().float().reshape(step.population.batch, -1).cpu()
         if not torch.isfinite(feats).all():
             raise InputError("the feature extractor returned NaN or inf features")
         kept = []
-        for members in groups:
-            chosen = representatives(feats[members], min(k, len(members)), self.generator)
+        for g, members in groups:
+            chosen = representatives(feats[members], min(k, len(members)), self.generators[g])
             kept.append(members[chosen])
         return self._record(step, "cluster", torch.cat(kept), None)
 
@@ -181,11 +186,11 @@ class SearchHook:
         scores = self._score(step, self.reward)
         history = step.population.score_history().cpu()
         kept = []
-        for members in self._groups(step):
+        for g, members in self._groups(step):
             h = history[members]
             if self.standardize:
                 h = standardized(h)
-            kept.append(members[resample(potential(h, self.potential_kind), n, self.lam, self.generator)])
+            kept.append(members[resample(potential(h, self.potential_kind), n, self.lam, self.generators[g])])
         return self._record(step, "resample", torch.cat(kept), scores)
 
     def _final(self, step: ScaleStep) -> torch.Tensor:
@@ -196,8 +201,10 @@ class SearchHook:
                                      "groups": pop.group.cpu(), "lineage": pop.lineage.cpu(), "final_scores": scores,
                                      "score_history": {s: v.cpu().tolist() for s, v in sorted(pop.scores.items())}}
         kept = []
-        for members in self._groups(step):
+        for g, members in self._groups(step):
             finite = torch.where(torch.isnan(scores[members]), -torch.inf, scores[members])
+            if torch.isnan(scores[members]).all():
+                log.warning("search: every final reward of request %d is NaN; returning its first candidate", g)
             kept.append(members[int(finite.argmax())].view(1))
         kept_t = torch.cat(kept)
         self.trace.winner_scores = scores[kept_t].tolist()
@@ -287,7 +294,10 @@ def plan_search(search: str | TTSConfig | BestOfNConfig, cfg: TransformerConfig,
     else:
         mode = "tts"
         cluster = tuple(search.cluster_scales) if search.cluster_scales is not None else scales_at(CLUSTER_AT, K)
-        resample_at = tuple(search.resample_scales) if search.resample_scales is not None else scales_at(RESAMPLE_AT, K)
+        if search.resample_scales is not None:
+            resample_at = tuple(search.resample_scales)
+        else:  # on models of few scales the default resampling scales may fall on clustering ones: skip those
+            resample_at = tuple(k for k in scales_at(RESAMPLE_AT, K) if k not in cluster)
         for name, scales in (("cluster", cluster), ("resample", resample_at)):
             if any(not 0 <= s < K - 1 for s in scales):
                 raise ConfigError(f"{name} scales must be in [0, {K - 2}] (the last scale is the final pick), "
@@ -322,12 +332,12 @@ def plan_search(search: str | TTSConfig | BestOfNConfig, cfg: TransformerConfig,
                 child = torch.Generator(device=g.device)
                 child.manual_seed(candidate_seed(g.initial_seed(), j))
                 generators.append(child)
-        search_seed = candidate_seed(generator[0].initial_seed(), 10**9 + B)
+        search_seeds = [candidate_seed(g.initial_seed(), SEARCH_STREAM) for g in generator]
     else:
         generators = generator
-        search_seed = candidate_seed(generator.initial_seed(), 10**9)
-    search_generator = torch.Generator().manual_seed(search_seed)
+        search_seeds = [candidate_seed(generator.initial_seed(), SEARCH_STREAM + i) for i in range(B)]
+    search_generators = [torch.Generator().manual_seed(s) for s in search_seeds]
     trace = SearchTrace(mode, schedule.batches, tuple(cluster), tuple(resample_at), schedule.cost(cfg, layers))
     hook = SearchHook(schedule, reward, features, cluster, resample_at, potential_kind, lam, standardize,
-                      search_generator, trace, search.keep_candidates, final_reward)
+                      search_generators, trace, search.keep_candidates, final_reward)
     return SearchPlan(labels, groups, generators, hook, trace)
