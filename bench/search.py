@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -38,6 +39,25 @@ def judge(steps: int = 800) -> Evaluator:
                       eval_every=steps, ckpt_every=steps, log_every=100)
     return train_evaluator(EvaluatorConfig(num_classes=10, image_size=32, width=24), cfg, train, None,
                            progress=False).eval()
+
+
+@dataclass
+class Judge:
+    """The independent classifier's verdicts on a method's images: accuracy, log p, FID-style, diversity."""
+
+    referee: Evaluator
+    held01: torch.Tensor  # held-out real digits in [0, 1]
+
+    @torch.no_grad()
+    def score(self, res: dict, labels: torch.Tensor) -> dict:
+        """Add `correct`, `judge_logp`, `fid` and `diversity` to a `run_method` result."""
+        images = res["images"]
+        logp = self.referee(images).log_softmax(1)
+        res["correct"] = (logp.argmax(1) == labels).float()
+        res["judge_logp"] = logp.gather(1, labels.view(-1, 1)).squeeze(1)
+        res["fid"] = frechet_distance(FeatureExtractor(self.referee), batches(self.held01), batches(images))
+        res["diversity"] = diversity(self.referee.features(images), labels)
+        return res
 
 
 def run_method(pipe: Pipeline, labels: torch.Tensor, chunk: int, **kwargs) -> dict:
@@ -127,12 +147,12 @@ def consistency(pipe: Pipeline, referee: Evaluator, labels: torch.Tensor, chunk:
     return rows
 
 
-def ablation(pipe: Pipeline, referee: Evaluator, features, held01, labels, args) -> None:
+def ablation(pipe: Pipeline, judge_: Judge, labels, args) -> None:
     """Consistency of partial rewards per scale, then TTS variants at one budget (latent scorer)."""
     from var_engine.search import TTSConfig
 
     sub = dict(depth=args.depth, switch_scale=args.switch_scale, cfg=args.cfg)
-    cons = consistency(pipe, referee, labels, args.chunk, **sub)
+    cons = consistency(pipe, judge_.referee, labels, args.chunk, **sub)
     b = float(args.budgets.split(",")[0])
     K = pipe.config.transformer.num_scales
     variants = {"both (default)": {}, "clustering only": {"resample_scales": ()},
@@ -142,24 +162,17 @@ def ablation(pipe: Pipeline, referee: Evaluator, features, held01, labels, args)
         variants[f"potential {kind}"] = {"potential": kind}
     for scales in ((K - 4, K - 3), (K - 3,), (K - 2,)):
         variants[f"resample at {','.join(map(str, scales))}"] = {"resample_scales": scales}
+    searches = {name: TTSConfig(budget=b, **over) for name, over in variants.items()}
+    searches["best-of-N (same budget)"] = "best_of_n"
     rows = []
-    for name, over in variants.items():
-        cfg = TTSConfig(budget=b, **over)
-        res = run_method(pipe, labels, args.chunk, search=cfg, reward="latent", **sub)
-        with torch.no_grad():
-            acc = float((referee(res["images"]).argmax(1) == labels).float().mean())
+    for name, search in searches.items():
+        res = judge_.score(run_method(pipe, labels, args.chunk, search=search, budget=b, reward="latent", **sub),
+                           labels)
+        acc = float(res["correct"].mean())
         rows.append({"variant": name, "compute": res["compute"] / len(labels), "judge_accuracy": acc,
-                     "fid": frechet_distance(features, batches(held01), batches(res["images"])),
-                     "diversity": diversity(referee.features(res["images"]), labels),
+                     "fid": res["fid"], "diversity": res["diversity"],
                      "ms_per_image": 1e3 * res["seconds"] / len(labels)})
         print(f"{name}: {acc:.3f}", flush=True)
-    bon = run_method(pipe, labels, args.chunk, search="best_of_n", budget=b, reward="latent", **sub)
-    with torch.no_grad():
-        acc = float((referee(bon["images"]).argmax(1) == labels).float().mean())
-    rows.append({"variant": f"best-of-N (same budget)", "compute": bon["compute"] / len(labels), "judge_accuracy": acc,
-                 "fid": frechet_distance(features, batches(held01), batches(bon["images"])),
-                 "diversity": diversity(referee.features(bon["images"]), labels),
-                 "ms_per_image": 1e3 * bon["seconds"] / len(labels)})
     ccols = ["scale", "evaluator_spearman_to_final", "evaluator_auc_judge_correct", "latent_spearman_to_final",
              "latent_auc_judge_correct"]
     table = (f"Partial rewards per scale ({len(labels)} plain samples, depth {args.depth} after scale "
@@ -194,11 +207,11 @@ def main(argv=None) -> None:
     held = DigitsDataset("heldout").tensors()
     held01, held_labels = held[0].add(1).mul(0.5), held[1]
     judge_acc = float((referee(held01).argmax(1) == held_labels).float().mean())
-    features = FeatureExtractor(referee)
+    judge_ = Judge(referee, held01)
     K = pipe.config.num_classes
     labels = torch.arange(K).repeat(args.per_class)  # request r: class r % K
     if args.ablation:
-        return ablation(pipe, referee, features, held01, labels, args)
+        return ablation(pipe, judge_, labels, args)
     sub = dict(depth=args.depth, switch_scale=args.switch_scale)
     common = dict(cfg=args.cfg)
     budgets = [float(b) for b in args.budgets.split(",")]
@@ -215,13 +228,7 @@ def main(argv=None) -> None:
     for name, kwargs in methods:
         if name in runs:
             continue
-        res = run_method(pipe, labels, args.chunk, **common, **kwargs)
-        with torch.no_grad():
-            logp = referee(res["images"]).log_softmax(1)
-            res["correct"] = (logp.argmax(1) == labels).float()
-            res["judge_logp"] = logp.gather(1, labels.view(-1, 1)).squeeze(1)
-            res["fid"] = frechet_distance(features, batches(held01), batches(res["images"]))
-            res["diversity"] = diversity(referee.features(res["images"]), labels)
+        res = judge_.score(run_method(pipe, labels, args.chunk, **common, **kwargs), labels)
         runs[name] = res
         print(f"{name}: judge accuracy {res['correct'].mean():.3f}, FID-style {res['fid']:.2f}, "
               f"{res['seconds'] / len(labels) * 1e3:.1f} ms/image", flush=True)

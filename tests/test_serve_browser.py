@@ -7,7 +7,6 @@ Set VAR_ENGINE_SCREENSHOT=PATH to keep the screenshot (the README's serve/screen
 import os
 import shutil
 import socket
-from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest

@@ -4,13 +4,12 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-import torch
-
 from .config import DRAW_METHODS, OFFICIAL_PATCH_NUMS_256
 from .errors import VarEngineError
 from .linear import LINEAR_BACKENDS
 from .loading import LoadSettings, load_pipeline as load_configured_pipeline
 from .pipeline import PRECISIONS
+from .search.schedule import DEFAULT_BUDGET
 from .sampling.runners import COMPILE_MODES, GRANULARITIES, RUNNERS
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {}
@@ -131,4 +130,4 @@ def search_from_args(args: argparse.Namespace) -> tuple[str | None, float | None
         if args.budget is not None:
             raise VarEngineError("--budget needs --search tts or --search best_of_n")
         return None, None
-    return args.search, 4.0 if args.budget is None else args.budget
+    return args.search, DEFAULT_BUDGET if args.budget is None else args.budget

@@ -26,7 +26,7 @@ from .sampling import (EagerRunner, LayerPlan, ScaleHook, ScaleStats, last_run_s
                        make_runner, sample)
 from .search import (BestOfNConfig, EvaluatorFeatures, LatentFeatures, LatentReward, Reward, SearchTrace, TTSConfig,
                      evaluator_reward, load_latent_reward, plan_search)
-from .search.compute import plain_sample_flops, scale_flops
+from .search.compute import run_cost
 from .tokenizer import Tokenizer
 from .transformer import VARTransformer
 from .variant import DepthPlan
@@ -462,8 +462,7 @@ class Pipeline:
 
     def transformer_compute(self, per_scale: Sequence[ScaleStats]) -> float:
         """Transformer compute of a call's scale records, in plain full-depth samples (search.compute)."""
-        t = self.config.transformer
-        return sum(s.batch * scale_flops(t, s.scale_index, s.layers) for s in per_scale) / plain_sample_flops(t)
+        return run_cost(self.config.transformer, [s.batch for s in per_scale], [s.layers for s in per_scale])
 
     def decode_fhat(self, f_hat: torch.Tensor) -> torch.Tensor:
         """Accumulated latents (B, C, h, w) -> images (B, 3, H, W) in [0, 1] (float32)."""

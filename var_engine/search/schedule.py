@@ -1,6 +1,7 @@
 """Population size per scale: given explicitly, or the largest that fits a compute budget."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -14,6 +15,23 @@ CLUSTER_AT = (0.17, 0.35)
 RESAMPLE_AT = (0.67, 0.83)
 # Population after each selection, relative to the first (TTS-VAR's 8 -> 6 -> 4 -> 2 -> 1).
 LEVELS = (8, 6, 4, 2, 1)
+DEFAULT_BUDGET = 4.0  # plain full-depth samples of transformer compute per request
+
+
+def check_budget(budget: float) -> float:
+    """`budget` as given; ConfigError unless it is a finite number > 0."""
+    if not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
+        raise ConfigError(f"budget must be a finite number > 0, got {budget!r}")
+    return budget
+
+
+def one_sample_cost(budget: float, cfg: TransformerConfig, layers: Sequence[int] | None = None) -> float:
+    """Compute of one sample with these layers per scale; ConfigError when `budget` buys less than that."""
+    one = run_cost(cfg, (1,) * cfg.num_scales, layers)
+    if budget < one - 1e-9:
+        raise ConfigError(f"budget {budget:g} is below one sample with this depth plan "
+                          f"({one:.3f} plain-sample units)")
+    return one
 
 
 def scales_at(fractions: Sequence[float], num_scales: int) -> tuple[int, ...]:
@@ -65,12 +83,8 @@ def shaped_schedule(selection_scales: Sequence[int], num_scales: int, scale: flo
 def schedule_for_budget(budget: float, cfg: TransformerConfig, selection_scales: Sequence[int],
                         layers: Sequence[int] | None = None, levels: Sequence[int] = LEVELS) -> Schedule:
     """The largest shaped schedule whose transformer compute is at most `budget` plain samples."""
-    if not isinstance(budget, (int, float)) or not budget == budget or budget in (float("inf"),):
-        raise ConfigError(f"budget must be a finite number, got {budget!r}")
+    one_sample_cost(check_budget(budget), cfg, layers)
     smallest = Schedule((1,) * cfg.num_scales)
-    if budget < smallest.cost(cfg, layers) - 1e-9:
-        raise ConfigError(f"budget {budget:g} is below one sample with this depth plan "
-                          f"({smallest.cost(cfg, layers):.3f} plain-sample units)")
     lo, hi = 0.0, 1.0
     while shaped_schedule(selection_scales, cfg.num_scales, hi, levels).cost(cfg, layers) <= budget:
         lo, hi = hi, hi * 2

@@ -23,7 +23,8 @@ from ..sampling import LayerPlan, ScaleStep
 from .compute import layers_per_scale
 from .kmeans import representatives
 from .rewards import FeatureExtractor, Reward, checked_scores
-from .schedule import CLUSTER_AT, RESAMPLE_AT, Schedule, scales_at, schedule_for_budget
+from .schedule import (CLUSTER_AT, DEFAULT_BUDGET, RESAMPLE_AT, Schedule, check_budget, one_sample_cost, scales_at,
+                       schedule_for_budget)
 from .selection import POTENTIALS, potential, resample
 
 SEARCH_MODES = ("tts", "best_of_n")
@@ -36,7 +37,7 @@ class TTSConfig:
     """TTS-VAR settings. Give `budget` (plain full-depth samples of transformer compute per request) or
     explicit `batches` (samples per request generating each scale, non-increasing)."""
 
-    budget: float | None = 4.0
+    budget: float | None = DEFAULT_BUDGET
     batches: tuple[int, ...] | None = None
     cluster_scales: tuple[int, ...] | None = None  # None: CLUSTER_AT of the scale count
     resample_scales: tuple[int, ...] | None = None  # None: RESAMPLE_AT of the scale count
@@ -55,9 +56,8 @@ class TTSConfig:
             raise ConfigError(f"lam must be a finite number >= 0, got {self.lam}")
         if self.batches is None and self.budget is None:
             raise ConfigError("give a compute budget or explicit batches")
-        if self.budget is not None and (not isinstance(self.budget, (int, float)) or not math.isfinite(self.budget)
-                                        or self.budget <= 0):
-            raise ConfigError(f"budget must be a finite number > 0, got {self.budget!r}")
+        if self.budget is not None:
+            check_budget(self.budget)
 
 
 @dataclass
@@ -74,9 +74,8 @@ class BestOfNConfig:
             raise ConfigError("Best-of-N needs exactly one of n and budget")
         if self.n is not None and (isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1):
             raise ConfigError(f"n must be an integer >= 1, got {self.n!r}")
-        if self.budget is not None and (not isinstance(self.budget, (int, float)) or not math.isfinite(self.budget)
-                                        or self.budget <= 0):
-            raise ConfigError(f"budget must be a finite number > 0, got {self.budget!r}")
+        if self.budget is not None:
+            check_budget(self.budget)
 
 
 @dataclass
@@ -261,15 +260,14 @@ def plan_search(search: str | TTSConfig | BestOfNConfig, cfg: TransformerConfig,
     search: 'tts', 'best_of_n' or a config; budget/reward override the config's (a reward given here or in
     the config also makes the final pick unless the config names a final_reward; otherwise the defaults
     apply: default_reward and default_features during the search, default_final_reward for the pick).
-    generator: the call's
-    generator (one stream for the whole population) or one per request (each candidate then gets its
-    own stream from `candidate_seed`).
+    generator: the call's generator (one stream for the whole population) or one per request (each
+    candidate then gets its own stream from `candidate_seed`).
     """
     if isinstance(search, str):
         if search not in SEARCH_MODES:
             raise InputError(f"unknown search {search!r}; choose from {', '.join(SEARCH_MODES)}")
-        search = TTSConfig(budget=4.0 if budget is None else budget) if search == "tts" else \
-            BestOfNConfig(budget=4.0 if budget is None else budget)
+        budget = DEFAULT_BUDGET if budget is None else budget
+        search = TTSConfig(budget=budget) if search == "tts" else BestOfNConfig(budget=budget)
     elif budget is not None:
         search = replace(search, budget=budget, **({"n": None} if isinstance(search, BestOfNConfig) else
                                                    {"batches": None}))
@@ -285,10 +283,7 @@ def plan_search(search: str | TTSConfig | BestOfNConfig, cfg: TransformerConfig,
         if search.n is not None:
             n = search.n
         else:
-            one = Schedule((1,) * K).cost(cfg, layers)
-            if search.budget < one - 1e-9:
-                raise ConfigError(f"budget {search.budget:g} is below one sample with this depth plan ({one:.3f})")
-            n = max(1, int(math.floor(search.budget / one + 1e-9)))
+            n = max(1, int(math.floor(search.budget / one_sample_cost(search.budget, cfg, layers) + 1e-9)))
         schedule = Schedule((n,) * K)
         features, potential_kind, lam, standardize = None, "value", 0.0, False
     else:
