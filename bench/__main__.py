@@ -5,8 +5,8 @@ import importlib
 import sys
 
 NAMES = ["quality", "memory", "speed", "variant", "sampler", "decoder", "draw", "search", "official", "supernet_frontier",
-         "allocator", "serve_load", "wheel"]
-NOT_IN_ALL = ("official", "supernet_frontier", "allocator", "serve_load")
+         "allocator", "serve_load", "wheel", "edit", "finetune"]
+NOT_IN_ALL = ("official", "supernet_frontier", "allocator", "serve_load", "finetune")
 
 
 def main(argv=None) -> int:

@@ -9,7 +9,10 @@ in bench/results/tmp/judge), so a search never grades itself. Compute is transfo
 full-depth samples; wall-clock includes decodes and scoring.
 
 Usage: python -m bench.search [--per-class 20] [--budgets 2,4] [--scorers evaluator,latent,auto] [--cfg 0]
-                              [--depth 2 --switch-scale 1] [--methods tts,best_of_n]
+                              [--depth 2 --switch-scale 1] [--methods tts,best_of_n] [--finish-scales 5,6]
+
+--finish-scales adds, per scale F, plain sampling and the searches on a plan that returns to full depth at F
+(the subnet explores, the survivors' earlier scales are re-run at full depth and they finish at full depth).
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ from bench.common import markdown_table, parse_args, results_dir, write_results
 from bench.plot import line_chart
 from var_engine import Pipeline
 from var_engine.data import DigitsDataset, build_dataset
+from var_engine.errors import ConfigError
+from var_engine.search.schedule import LEVELS
 from var_engine.evaluator import Evaluator, EvaluatorConfig, FeatureExtractor, load_evaluator, train_evaluator
 from var_engine.metrics import batches, frechet_distance
 from var_engine.training import TrainConfig
@@ -147,6 +152,36 @@ def consistency(pipe: Pipeline, referee: Evaluator, labels: torch.Tensor, chunk:
     return rows
 
 
+def templates(pipe: Pipeline, judge_: Judge, labels, args) -> None:
+    """TTS (scorer `auto`) at each budget with each schedule template (relative population after each selection)."""
+    from var_engine.search import TTSConfig
+    from var_engine.search.compute import layers_per_scale
+    from var_engine.search.schedule import CLUSTER_AT, RESAMPLE_AT, scales_at, schedule_for_budget
+
+    t = pipe.config.transformer
+    plan = pipe.depth_plan(args.depth, args.switch_scale)
+    K = t.num_scales
+    cluster = scales_at(CLUSTER_AT, K)
+    selection = (*cluster, *(k for k in scales_at(RESAMPLE_AT, K) if k not in cluster))
+    rows = []
+    for b in (float(x) for x in args.budgets.split(",")):
+        for text in args.templates.split(";"):
+            levels = tuple(int(v) for v in text.split(","))
+            schedule = schedule_for_budget(b, t, selection, layers_per_scale(t, plan), levels)
+            res = judge_.score(run_method(pipe, labels, args.chunk, cfg=args.cfg, depth=args.depth,
+                                          switch_scale=args.switch_scale, reward="auto",
+                                          search=TTSConfig(batches=schedule.batches)), labels)
+            rows.append({"budget": b, "template": " -> ".join(map(str, levels)), "batches": list(schedule.batches),
+                         "compute": res["compute"] / len(labels), "judge_accuracy": float(res["correct"].mean()),
+                         "fid": res["fid"], "ms_per_image": 1e3 * res["seconds"] / len(labels)})
+            print(rows[-1], flush=True)
+    table = (f"TTS schedule templates ({len(labels)} requests, depth {args.depth} after scale {args.switch_scale}, "
+             f"cfg {args.cfg}, scorer auto)\n\n"
+             + markdown_table(rows, ["budget", "template", "batches", "compute", "judge_accuracy", "fid",
+                                     "ms_per_image"]))
+    write_results(args.out + "_templates", {"args": vars(args), "rows": rows}, table)
+
+
 def ablation(pipe: Pipeline, judge_: Judge, labels, args) -> None:
     """Consistency of partial rewards per scale, then TTS variants at one budget (latent scorer)."""
     from var_engine.search import TTSConfig
@@ -196,8 +231,13 @@ def main(argv=None) -> None:
                    help="search scorers (comma-separated): evaluator, latent, auto (latent during the search, the "
                         "evaluator for the final pick)")
     p.add_argument("--methods", default="tts,best_of_n", help="searches to run: tts, best_of_n")
+    p.add_argument("--finish-scales", default="", help="also run each method finishing at full depth from these "
+                                                        "scales (comma-separated)")
     p.add_argument("--judge-steps", type=int, default=800)
     p.add_argument("--out", default="search")
+    p.add_argument("--templates", default="",
+                   help="instead: TTS at each budget with these schedule templates (';'-separated, e.g. "
+                        "'8,6,4,2,1;8,8,6,4,4'), written to <out>_templates.json")
     p.add_argument("--ablation", action="store_true",
                    help="instead: partial-reward consistency per scale and TTS variants at the first budget")
     args = parse_args(p, argv)
@@ -212,23 +252,34 @@ def main(argv=None) -> None:
     labels = torch.arange(K).repeat(args.per_class)  # request r: class r % K
     if args.ablation:
         return ablation(pipe, judge_, labels, args)
+    if args.templates:
+        return templates(pipe, judge_, labels, args)
     sub = dict(depth=args.depth, switch_scale=args.switch_scale)
     common = dict(cfg=args.cfg)
     budgets = [float(b) for b in args.budgets.split(",")]
     scorers = [x.strip() for x in args.scorers.split(",") if x.strip()]
     wanted = [x.strip() for x in args.methods.split(",") if x.strip()]
-    methods: list[tuple[str, dict]] = [("plain (full depth)", {}), (f"plain (d{args.depth}@{args.switch_scale})", sub)]
-    for scorer in scorers:
-        for b in budgets:
-            for mode, budget in (("best_of_n", b), ("tts", b), ("best_of_n", 2 * b)):
-                if mode in wanted:
-                    name = f"{'TTS' if mode == 'tts' else 'best-of-N'} B={budget:g} [{scorer}]"
-                    methods.append((name, dict(search=mode, budget=budget, reward=scorer, **sub)))
+    methods: list[tuple[str, dict]] = [("plain (full depth)", {})]
+    finishes = [int(f) for f in args.finish_scales.split(",") if f.strip()]
+    for finish in (None, *finishes):
+        plan = dict(sub, finish_scale=finish) if finish is not None else sub
+        tag = f" finish@{finish}" if finish is not None else ""
+        methods.append((f"plain (d{args.depth}@{args.switch_scale}{tag})", plan))
+        for scorer in scorers:
+            for b in budgets:
+                for mode, budget in (("best_of_n", b), ("tts", b), ("best_of_n", 2 * b)):
+                    if mode in wanted:
+                        name = f"{'TTS' if mode == 'tts' else 'best-of-N'} B={budget:g}{tag} [{scorer}]"
+                        methods.append((name, dict(search=mode, budget=budget, reward=scorer, **plan)))
     runs = {}
     for name, kwargs in methods:
         if name in runs:
             continue
-        res = judge_.score(run_method(pipe, labels, args.chunk, **common, **kwargs), labels)
+        try:
+            res = judge_.score(run_method(pipe, labels, args.chunk, **common, **kwargs), labels)
+        except ConfigError as e:  # e.g. a budget below one sample of a finishing plan
+            print(f"{name}: skipped ({e})", flush=True)
+            continue
         runs[name] = res
         print(f"{name}: judge accuracy {res['correct'].mean():.3f}, FID-style {res['fid']:.2f}, "
               f"{res['seconds'] / len(labels) * 1e3:.1f} ms/image", flush=True)
@@ -243,20 +294,23 @@ def main(argv=None) -> None:
                      "fid": res["fid"], "evaluator_logp": float(res["rewards"].mean()),
                      "diversity": res["diversity"]})
     comparisons = []
-    for scorer in scorers:
-        for b in budgets:
-            name = f"TTS B={b:g} [{scorer}]"
-            if name not in runs:
-                continue
-            tts = runs[name]
-            others = [f"best-of-N B={b:g} [{scorer}]", f"best-of-N B={2 * b:g} [{scorer}]", "plain (full depth)"]
-            for other_name in (o for o in others if o in runs):
-                other = runs[other_name]
-                diff = tts["correct"] - other["correct"]
-                lo, hi = bootstrap_ci(diff)
-                comparisons.append({"tts": name, "vs": other_name, "accuracy_diff": float(diff.mean()),
-                                    "ci95_low": lo, "ci95_high": hi, "fid_diff": tts["fid"] - other["fid"],
-                                    "wall_ratio": tts["seconds"] / other["seconds"]})
+    for scorer, b, tag in ((s_, b_, t_) for s_ in scorers for b_ in budgets
+                           for t_ in ("", *(f" finish@{f}" for f in finishes))):
+        name = f"TTS B={b:g}{tag} [{scorer}]"
+        if name not in runs:
+            continue
+        tts = runs[name]
+        others = [f"best-of-N B={b:g}{tag} [{scorer}]", f"best-of-N B={2 * b:g}{tag} [{scorer}]",
+                  "plain (full depth)"]
+        if tag:
+            others.append(f"TTS B={b:g} [{scorer}]")
+        for other_name in (o for o in others if o in runs):
+            other = runs[other_name]
+            diff = tts["correct"] - other["correct"]
+            lo, hi = bootstrap_ci(diff)
+            comparisons.append({"tts": name, "vs": other_name, "accuracy_diff": float(diff.mean()),
+                                "ci95_low": lo, "ci95_high": hi, "fid_diff": tts["fid"] - other["fid"],
+                                "wall_ratio": tts["seconds"] / other["seconds"]})
     cols = ["method", "compute", "ms_per_image", "decodes_per_image", "overhead_share", "judge_accuracy",
             "judge_logp", "fid", "evaluator_logp", "diversity"]
     table = (f"Search on the default model: {n} requests ({args.per_class} per class), cfg {args.cfg}, "
@@ -265,7 +319,8 @@ def main(argv=None) -> None:
              "request (accuracy difference with a 95% bootstrap interval):\n\n"
              + markdown_table(comparisons, ["tts", "vs", "accuracy_diff", "ci95_low", "ci95_high", "fid_diff",
                                             "wall_ratio"]))
-    payload = {"args": vars(args), "judge_heldout_accuracy": judge_acc, "requests": n, "rows": rows,
+    payload = {"args": vars(args), "schedule_levels": list(LEVELS), "judge_heldout_accuracy": judge_acc,
+               "requests": n, "rows": rows,
                "comparisons": comparisons}
     write_results(args.out, payload, table)
     series: dict[str, list] = {}

@@ -1,4 +1,4 @@
-"""Server-side validation of a generate request: every field checked for type, range and finiteness.
+"""Server-side validation of generate and edit requests: every field checked for type, range and finiteness.
 
 Nothing here imports gradio; errors are InputError with a message meant for the user.
 """
@@ -9,12 +9,16 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from var_engine.editing import mask_from_editor
 from var_engine.errors import ConfigError, InputError
 from var_engine.pipeline import Pipeline
 
 SEARCH_MODES = ("off", "tts", "best_of_n")
 MAX_SEED = 2**32 - 1  # seeds stay exact as JavaScript numbers
 MAX_TEXT = 200  # longest class name accepted
+NO_CLASS = "none: in-paint without a class"  # the edit tab's class choice for unconditional in-painting
 
 
 @dataclass(frozen=True)
@@ -25,12 +29,22 @@ class Limits:
     max_budget: float = 8.0  # search compute per image, in plain samples
     max_cfg: float = 20.0
     max_memory_budget_mib: float = 1e6
+    max_upload_mib: float = 8.0  # largest uploaded file (Gradio refuses bigger ones before they are stored)
+    max_upload_pixels: int = 4096 * 4096  # largest uploaded image, checked before it is used
+    max_subject_images: int = 16  # pictures per subject tune
+    max_tune_steps: int = 300  # steps per subject tune (about 1 s each for the default model on 2 CPU cores)
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_images, int) or self.max_images < 1:
             raise ConfigError(f"max_images must be an integer >= 1, got {self.max_images!r}")
         if not (math.isfinite(self.max_budget) and self.max_budget >= 1):
             raise ConfigError(f"max_budget must be a finite number >= 1, got {self.max_budget!r}")
+        if not (math.isfinite(self.max_upload_mib) and self.max_upload_mib > 0):
+            raise ConfigError(f"max_upload_mib must be a finite number > 0, got {self.max_upload_mib!r}")
+        for name, least in (("max_upload_pixels", 64 * 64), ("max_subject_images", 1), ("max_tune_steps", 10)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -94,6 +108,13 @@ def as_bool(name: str, value: Any) -> bool:
     raise InputError(f"{name} must be true or false, got {_show(value)}")
 
 
+def as_seed(seed: Any, randomize_seed: Any = False) -> int:
+    """A seed in [0, MAX_SEED]; None, -1 or randomize_seed pick a random one."""
+    if as_bool("randomize seed", randomize_seed) or seed is None or (not isinstance(seed, bool) and seed == -1):
+        return secrets.randbelow(MAX_SEED + 1)
+    return as_int("seed", seed, 0, MAX_SEED)
+
+
 def parse_request(pipe: Pipeline, limits: Limits, class_: Any, num_images: Any = 1, seed: Any = 0, cfg: Any = 1.5,
                   top_k: Any = 900, top_p: Any = 0.96, more_smooth: Any = False, randomize_seed: Any = False,
                   depth: Any = None, switch_scale: Any = None, memory_budget_mib: Any = 0, search: Any = "off",
@@ -109,10 +130,7 @@ def parse_request(pipe: Pipeline, limits: Limits, class_: Any, num_images: Any =
         raise InputError("pick a class")
     label = pipe.class_id(class_)
     num = as_int("number of images", num_images, 1, limits.max_images)
-    if as_bool("randomize seed", randomize_seed) or seed is None or (not isinstance(seed, bool) and seed == -1):
-        seed_ = secrets.randbelow(MAX_SEED + 1)
-    else:
-        seed_ = as_int("seed", seed, 0, MAX_SEED)
+    seed_ = as_seed(seed, randomize_seed)
     cfg_ = as_float("cfg", cfg, 0.0, limits.max_cfg)
     top_k_ = as_int("top-k", top_k, 0, max(t.vocab_size, 1000))  # above the vocabulary: every token
     top_p_ = as_float("top-p", top_p, 0.0, 1.0)
@@ -136,6 +154,64 @@ def parse_request(pipe: Pipeline, limits: Limits, class_: Any, num_images: Any =
                            more_smooth=smooth, depth=depth_, switch_scale=switch,
                            memory_budget_bytes=int(mib * 2**20) if mib > 0 else None, search=search_,
                            budget=budget_)
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """A checked edit request: the arguments of one Pipeline.edit call."""
+
+    image: np.ndarray  # (H, W, 3) in [0, 1]
+    mask: np.ndarray  # (H, W), 1 = regenerate (the out-painting border when outpaint > 0)
+    label: int | None  # None: in-paint without a class
+    num_images: int
+    seed: int
+    cfg: float
+    outpaint: int  # border in model pixels (0: the drawn mask)
+
+
+def parse_edit_request(pipe: Pipeline, limits: Limits, editor: Any, class_: Any, num_images: Any = 1, seed: Any = 0,
+                       cfg: Any = 1.5, outpaint: Any = 0, randomize_seed: Any = False) -> EditRequest:
+    """Check an edit request: the image editor's value (background + painted layers = the mask), the class
+    (NO_CLASS or None: none), and the settings. outpaint > 0 ignores the painting and regenerates a border
+    of that many model pixels around the image. Raises InputError."""
+    if isinstance(editor, dict):  # sizes first: nothing over the limit is converted
+        for part in (editor.get("background"), *(editor.get("layers") or [])):
+            shape = np.shape(part) if not hasattr(part, "size") or isinstance(part, np.ndarray) else part.size[::-1]
+            if part is not None and len(shape) >= 2 and shape[0] * shape[1] > limits.max_upload_pixels:
+                raise InputError(f"the image is {shape[1]}x{shape[0]}: over the server's "
+                                 f"{limits.max_upload_pixels:,}-pixel limit")
+    image, mask = mask_from_editor(editor)
+    if isinstance(class_, (list, tuple)) and len(class_) == 1:
+        class_ = class_[0]
+    if isinstance(class_, str) and len(class_) > MAX_TEXT:
+        raise InputError(f"class name is too long ({len(class_)} characters)")
+    label = None if class_ in (None, "", NO_CLASS) else pipe.class_id(class_)
+    if label is not None and label in (-1, pipe.config.num_classes):  # the null class: in-painting
+        label = None
+    num = as_int("number of images", num_images, 1, limits.max_images)
+    seed_ = as_seed(seed, randomize_seed)
+    cfg_ = as_float("cfg", cfg, 0.0, limits.max_cfg)
+    size = pipe.config.image_size
+    border = as_int("out-paint border", 0 if outpaint is None else outpaint, 0, max(0, size // 2 - 1))
+    if border == 0 and not mask.any():
+        raise InputError("paint over the part of the image to regenerate (or set an out-paint border)")
+    return EditRequest(image=image, mask=mask, label=label, num_images=num, seed=seed_, cfg=cfg_, outpaint=border)
+
+
+def upload_paths(files: Any, what: str, most: int) -> list[str]:
+    """Paths of uploaded files (Gradio hands paths or objects with .name); InputError for none or too many."""
+    if files is None or files == []:
+        raise InputError(f"upload {what} first")
+    items = files if isinstance(files, (list, tuple)) else [files]
+    if len(items) > most:
+        raise InputError(f"{len(items)} files: at most {most} {what} per request")
+    paths = []
+    for item in items:
+        path = item if isinstance(item, str) else getattr(item, "name", None) or getattr(item, "path", None)
+        if not isinstance(path, str):
+            raise InputError(f"not an uploaded file: {_show(item)}")
+        paths.append(path)
+    return paths
 
 
 def _show(value: Any) -> str:

@@ -322,10 +322,19 @@ def test_search_smoke(results):
     from var_engine import Pipeline
     from var_engine.search import run_cost
 
-    search.main(["--per-class", "1", "--budgets", "1.5", "--judge-steps", "5", "--chunk", "10"])
+    search.main(["--per-class", "1", "--budgets", "1.5", "--judge-steps", "5", "--chunk", "10", "--finish-scales", "5"])
     payload = json.loads((results / "search.json").read_text())
     r = {x["method"].replace(" [evaluator]", ""): x for x in payload["rows"]}
-    assert list(r) == ["plain (full depth)", "plain (d2@1)", "best-of-N B=1.5", "TTS B=1.5", "best-of-N B=3"]
+    assert list(r) == ["plain (full depth)", "plain (d2@1)", "best-of-N B=1.5", "TTS B=1.5", "best-of-N B=3",
+                       "plain (d2@1 finish@5)", "best-of-N B=1.5 finish@5", "TTS B=1.5 finish@5",
+                       "best-of-N B=3 finish@5"]
+    finishing = run_cost(Pipeline.from_pretrained().config.transformer, [1] * 7, [8, 2, 2, 2, 2, 8, 8],
+                         [0, 0, 0, 0, 0, 1, 0])  # the refill re-runs scales 0-4 at full depth
+    assert r["plain (d2@1 finish@5)"]["compute"] == pytest.approx(finishing)
+    assert r["best-of-N B=3 finish@5"]["compute"] == pytest.approx(int(3 / finishing) * finishing)
+    for name in ("plain (d2@1 finish@5)", "best-of-N B=1.5 finish@5", "TTS B=1.5 finish@5", "best-of-N B=3 finish@5"):
+        r.pop(name)
+    payload["comparisons"] = [c for c in payload["comparisons"] if "finish" not in c["tts"]]
     cfg = Pipeline.from_pretrained().config.transformer
     sub = run_cost(cfg, [1] * 7, [8, 2, 2, 2, 2, 2, 2])  # depth 2 after the first scale
     assert r["plain (full depth)"]["compute"] == pytest.approx(1.0)

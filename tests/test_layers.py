@@ -10,10 +10,10 @@ LEVELS = {
     "transformer": 3,
     "sampling": 4, "training": 4, "checkpoints": 4,
     "train_tokenizer": 5, "train_transformer": 5, "evaluator": 5,
-    "variant": 6, "search": 6,
+    "variant": 6, "search": 6, "editing": 6, "finetune": 6,
     "pipeline": 7,
     "batch_generation": 8, "loading": 8,
-    "cli_common": 9, "cli_train": 10, "cli_serve": 10, "cli": 11,
+    "cli_common": 9, "cli_train": 10, "cli_serve": 10, "cli_edit": 10, "cli_finetune": 10, "cli": 11,
 }
 
 

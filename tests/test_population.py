@@ -151,3 +151,31 @@ def test_stats_record_a_selection_a_hook_makes_itself(tiny_pipeline):
     out = tiny_pipeline.generate([1, 2, 3], seed=[7, 8, 9], hooks=[Select(1, [0, 0], fork_streams=False)])
     assert [s.batch for s in out.stats.per_scale] == [3, 3, 2, 2]
     assert [s.selected for s in out.stats.per_scale] == [None, 2, None, None]
+
+
+def test_two_selections_in_one_scale_fork_distinct_streams():
+    """A sample duplicated by two hooks in the same scale gives each extra copy its own stream."""
+    from var_engine.sampling.population import forked_generator
+
+    parent = torch.Generator().manual_seed(3)
+    first = forked_generator(parent, 1, 2, 0).initial_seed()
+    second = forked_generator(parent, 1, 2, 1).initial_seed()
+    assert first != second
+    assert forked_generator(parent, 1, 2).initial_seed() == first  # the first select keeps its streams
+
+
+def test_final_selection_leaves_the_cache_alone(tiny_pipeline):
+    calls = []
+
+    class Spy:
+        def after_scale(self, step):
+            cache = step.population.cache
+            if step.scale_index == 0:
+                original = cache.reindex
+                cache.reindex = lambda idx: (calls.append(len(step.population.drawn) - 1), original(idx))
+            if step.scale_index in (1, step.num_scales - 1):
+                return torch.tensor([0])
+            return None
+
+    out = tiny_pipeline.generate([1, 2], seed=[5, 6], hooks=[Spy()])
+    assert calls == [1] and out.tokens.shape[0] == 1

@@ -298,6 +298,6 @@ def test_all_nan_final_rewards_warn(tiny_pipeline, caplog):
     def nan_reward(images, labels):
         return torch.full((images.shape[0],), float("nan"))
 
-    with caplog.at_level(logging.WARNING, logger="var_engine.search.strategy"):
+    with caplog.at_level(logging.WARNING, logger="var_engine.search.hook"):
         out = tiny_pipeline.generate([1], seed=0, search=BestOfNConfig(n=3, reward=nan_reward))
     assert out.images.shape[0] == 1 and "every final reward" in caplog.text

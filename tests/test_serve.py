@@ -267,3 +267,101 @@ def test_the_class_picker_of_an_official_model_lists_the_imagenet_names(official
     picker = next(c for c in app.config["components"] if c.get("props", {}).get("elem_id") == "class")
     labels = [choice[0] for choice in picker["props"]["choices"]]
     assert len(labels) == 1000 and labels[207] == "207: golden retriever" and labels[517] == "517: crane"
+
+
+def editor_value(tmp_path, image: np.ndarray, painted: tuple[slice, slice] | None):
+    from gradio_client import handle_file
+
+    Image.fromarray(image).save(tmp_path / "in.png")
+    layers = []
+    if painted is not None:
+        layer = np.zeros((*image.shape[:2], 4), np.uint8)
+        layer[painted] = (255, 0, 255, 255)
+        Image.fromarray(layer).save(tmp_path / "layer.png")
+        layers = [handle_file(str(tmp_path / "layer.png"))]
+    return {"background": handle_file(str(tmp_path / "in.png")), "layers": layers, "composite": None}
+
+
+def test_edit_returns_the_library_edit_of_the_painted_region(server, client, tmp_path):
+    pipe = server[0]
+    image = library_pixels(pipe, [5], seed=1)[0]
+    box = (slice(8, 24), slice(8, 24))
+    gallery, stats, seed = client.predict(editor_value(tmp_path, image, box), "none: in-paint without a class", 2,
+                                          3, 1.5, 0, False, api_name="/edit")
+    assert seed == 3 and stats["images"] == 2 and stats["class"] is None
+    assert stats["regenerated_fraction"] == 0.25
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 8:24, 8:24] = 1
+    ref = pipe.edit(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255, mask, None, num=2, seed=3, cfg=1.5)
+    expected = ref.images.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(pixels(gallery[1:]), expected)
+    shown = pixels(gallery[:1])[0]
+    assert np.array_equal(shown[:8], image[:8])  # the kept part of the input is shown untouched
+    assert not np.array_equal(shown[8:24, 8:24], image[8:24, 8:24])  # the regenerated part is tinted
+
+
+def test_edit_outpaints_a_border_and_refuses_bad_inputs(server, client, tmp_path):
+    pipe = server[0]
+    image = library_pixels(pipe, [2], seed=4)[0]
+    gallery, stats, _ = client.predict(editor_value(tmp_path, image, None), "2", 1, 0, 1.5, 4, False,
+                                       api_name="/edit")
+    assert stats["outpaint"] == 4 and stats["class"] == 2 and len(gallery) == 2
+    assert stats["regenerated_fraction"] == pytest.approx(1 - (24 / 32) ** 2)
+    for args, message in [((editor_value(tmp_path, image, None), "2", 1, 0, 1.5, 0, False), "paint over"),
+                          ((editor_value(tmp_path, image, (slice(0, 4), slice(0, 4))), "42", 1, 0, 1.5, 0, False),
+                           "42"),
+                          ((editor_value(tmp_path, image, (slice(0, 4), slice(0, 4))), "2", 1, 0, 99, 0, False),
+                           "cfg|maximum"),
+                          ((editor_value(tmp_path, image, None), "2", 1, 0, 1.5, 99, False), "out-paint border|maximum")]:
+        with pytest.raises(gradio_client.exceptions.AppError, match=message):
+            client.predict(*args, api_name="/edit")
+    (tmp_path / "note.png").write_text("not an image")
+    from gradio_client import handle_file
+    with pytest.raises(gradio_client.exceptions.AppError):
+        client.predict({"background": handle_file(str(tmp_path / "note.png")), "layers": [], "composite": None},
+                       "2", 1, 0, 1.5, 4, False, api_name="/edit")
+    assert client.predict(3, *DEFAULTS[1:], api_name="/generate")[3] == 0  # the server still answers
+
+
+def test_subject_tab_tunes_loads_and_generates_per_session(server, tmp_path):
+    """A session's subject comes from a tune or an uploaded adapter; its images are the library's with that
+    adapter, and another session (and /generate) keep the base model."""
+    from gradio_client import handle_file
+
+    from var_engine.checkpoints import save_adapter
+    from var_engine.finetune import FinetuneConfig, default_train_config, finetune_subject
+
+    pipe = server[0]
+    pics = []
+    for i in range(3):
+        image = np.zeros((32, 32, 3), np.uint8)
+        image[6 + i:26, 10:22] = (200, 90, 30)
+        Image.fromarray(image).save(tmp_path / f"p{i}.png")
+        pics.append(handle_file(str(tmp_path / f"p{i}.png")))
+    a, b = gradio_client.Client(server[2], verbose=False), gradio_client.Client(server[2], verbose=False)
+    with pytest.raises(gradio_client.exceptions.AppError, match="no subject"):
+        b.predict(2, 0, 1.5, api_name="/generate_subject")
+    status, adapter_file = a.predict(pics, 2, 0, api_name="/tune")
+    assert "class id 11" in status and adapter_file.endswith(".safetensors")
+    gallery, stats, _ = a.predict(2, 5, 1.5, api_name="/generate_subject")
+    expected = pipe.generate([11, 11], seed=5, cfg=1.5, adapter=adapter_file).images
+    assert stats["class"] == 11 and np.array_equal(pixels(gallery),
+                                                    expected.clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).numpy())
+    base = b.predict(3, *DEFAULTS[1:], api_name="/generate")[0]
+    assert np.array_equal(pixels(base), library_pixels(pipe, [3], seed=0, cfg=1.5, top_k=512, top_p=0.96))
+    # an adapter tuned in the library, uploaded by the other session
+    images = torch.from_numpy(np.stack([np.asarray(Image.open(tmp_path / f"p{i}.png")) for i in range(3)]))
+    result = finetune_subject(pipe.transformer, pipe.tokenizer, images.permute(0, 3, 1, 2).float() / 127.5 - 1,
+                              FinetuneConfig(class_id=4, prior_samples=4, prior_batch=2),
+                              default_train_config(steps=2, seed=1))
+    save_adapter(tmp_path / "four.safetensors", result.adapter)
+    status, _ = b.predict(handle_file(str(tmp_path / "four.safetensors")), api_name="/load_adapter")
+    assert "class id 4" in status
+    gallery, stats, _ = b.predict(1, 0, 1.5, api_name="/generate_subject")
+    assert stats["class"] == 4
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(gradio_client.exceptions.AppError):
+        b.predict(handle_file(str(tmp_path / "bad.safetensors")), api_name="/load_adapter")
+    (tmp_path / "note.png").write_text("not an image")
+    with pytest.raises(gradio_client.exceptions.AppError, match="image"):
+        a.predict([handle_file(str(tmp_path / "note.png"))], 2, 0, api_name="/tune")

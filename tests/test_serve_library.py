@@ -139,3 +139,47 @@ def test_an_official_thousand_class_model_takes_imagenet_names(official):
     assert req.label == 207
     out = pipe.generate(["golden retriever"], seed=0, cfg=4.0)
     assert out.labels.tolist() == [207] and torch.equal(out.images, pipe.generate([207], seed=0, cfg=4.0).images)
+
+
+def _editor(painted: bool, size: int = 64):
+    import numpy as np
+
+    background = np.full((size, size, 3), 200, np.uint8)
+    layer = np.zeros((size, size, 4), np.uint8)
+    if painted:
+        layer[: size // 2, :, 3] = 255
+    return {"background": background, "layers": [layer], "composite": background}
+
+
+def test_parse_edit_request_reads_the_painted_mask_and_the_class(pipe):
+    from var_engine_serve.validation import NO_CLASS, parse_edit_request
+
+    req = parse_edit_request(pipe, Limits(), _editor(True), NO_CLASS, 2, 5, 1.5, 0, False)
+    assert req.label is None and req.num_images == 2 and req.seed == 5 and req.outpaint == 0
+    assert req.mask.shape == (64, 64) and req.mask[:32].min() == 1 and req.mask[32:].max() == 0
+    assert req.image.shape == (64, 64, 3) and abs(float(req.image.max()) - 200 / 255) < 1e-6
+    req = parse_edit_request(pipe, Limits(), _editor(False), "7", 1, -1, 0, 3, False)
+    assert req.label == 7 and req.outpaint == 3 and 0 <= req.seed < 2**32
+
+
+@pytest.mark.parametrize("editor, class_, kwargs, message", [
+    (None, "3", {}, "no image"),
+    ("painted", "3", {"outpaint": 16}, "out-paint border"),
+    ("plain", "3", {}, "paint over"),
+    ("painted", "42", {}, "42"),
+    ("painted", "3", {"cfg": float("nan")}, "cfg"),
+    ("painted", "3", {"num_images": 99}, "number of images"),
+])
+def test_parse_edit_request_refuses_bad_values(pipe, editor, class_, kwargs, message):
+    from var_engine_serve.validation import parse_edit_request
+
+    value = {"painted": _editor(True), "plain": _editor(False)}.get(editor)
+    with pytest.raises(InputError, match=message):
+        parse_edit_request(pipe, Limits(), value, class_, **kwargs)
+
+
+def test_parse_edit_request_refuses_oversized_images(pipe):
+    from var_engine_serve.validation import parse_edit_request
+
+    with pytest.raises(InputError, match="pixel limit"):
+        parse_edit_request(pipe, Limits(max_upload_pixels=64 * 64), _editor(True, size=96), "3")

@@ -64,7 +64,8 @@ def _train(out, folder, steps=6, plan=None, distill=None, teacher=None, init_fro
 
 def test_killed_run_resumes_to_identical_weights(folder, tmp_path, monkeypatch):
     ref = _train(tmp_path / "ref", folder, ckpt_every=3)
-    real_save = tt.save_state
+    import var_engine.training as training
+    real_save = training.save_state
     calls = []
 
     def save_then_die(*args, **kwargs):
@@ -72,10 +73,10 @@ def test_killed_run_resumes_to_identical_weights(folder, tmp_path, monkeypatch):
         calls.append(1)
         raise KeyboardInterrupt  # as if killed right after the step-3 checkpoint
 
-    monkeypatch.setattr(tt, "save_state", save_then_die)
+    monkeypatch.setattr(training, "save_state", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         _train(tmp_path / "run", folder, ckpt_every=3)
-    monkeypatch.setattr(tt, "save_state", real_save)
+    monkeypatch.setattr(training, "save_state", real_save)
     resumed = _train(tmp_path / "run", folder, ckpt_every=3)
     for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
@@ -208,3 +209,37 @@ def test_resume_with_another_supernet_schedule_is_refused(folder, tmp_path):
     _train(tmp_path, folder, steps=2, ckpt_every=1, plan=plan(0.5))
     with pytest.raises(CheckpointError, match="another config"):
         _train(tmp_path, folder, steps=2, ckpt_every=1, plan=plan(0.9))
+
+
+def test_selective_training_freezes_the_rest_and_resume_notices_the_trainable_set(folder, tmp_path):
+    from var_engine.training import EMA
+
+    init = _lively_model()
+    ema = EMA(init, 0.9, [init.head.weight])
+    assert ema.names == ["head.weight"] and set(ema.state_dict()) == {"head.weight"}  # frozen tensors not copied
+    tok, ds = _tokenizer_and_data(folder)
+    head_only = lambda m: m.head.parameters()  # noqa: E731
+    model = tt.train_transformer(ModelConfig(TOK, VAR), tok, small_cfg(tmp_path, 2, ckpt_every=1, ema_decay=0.9), ds,
+                                 init_from=init, trainable=head_only,
+                                 progress=False)
+    moved = [n for (n, a), b in zip(init.state_dict().items(), model.state_dict().values()) if not torch.equal(a, b)]
+    assert moved and all(n.startswith("head.") for n in moved), moved
+    with pytest.raises(CheckpointError, match="another config"):
+        tt.train_transformer(ModelConfig(TOK, VAR), tok, small_cfg(tmp_path, 2, ckpt_every=1, ema_decay=0.9), ds,
+                             init_from=init,
+                             trainable=lambda m: m.head_nm.parameters(), progress=False)
+    with pytest.raises(CheckpointError, match="another config"):
+        tt.train_transformer(ModelConfig(TOK, VAR), tok, small_cfg(tmp_path, 2, ckpt_every=1, ema_decay=0.9), ds,
+                             init_from=init, trainable=head_only,
+                             loss_weight_L=torch.arange(1, 22.0), progress=False)
+
+
+def test_image_folder_augments_training_copies(folder):
+    from var_engine.data import build_dataset
+
+    plain, augmented = build_dataset(str(folder), "train", 16), build_dataset(str(folder), "train", 16, augment=True)
+    assert not torch.equal(plain[0][0], augmented[0][0])
+    first = augmented[0][0]
+    assert torch.equal(augmented[0][0], first)  # the same copy within an epoch
+    augmented.set_epoch(1)
+    assert not torch.equal(augmented[0][0], first)

@@ -157,3 +157,80 @@ def test_heldout_loss_of_a_full_depth_plan_equals_the_full_network(tiny_pipeline
     sub = evaluate_tokens(pipe.transformer, pipe.tokenizer, tokens, labels,
                           block_tokens=DepthPlan(D, 1, 1, pn).block_tokens())
     assert same == full and sub != full
+
+
+def test_finish_scale_validation_and_layers():
+    plan = DepthPlan(4, 2, 1, (1, 2, 3, 4), finish_scale=3)
+    assert [plan(k) for k in range(4)] == [None, (0, 3), (0, 3), None]
+    assert plan.kv_entries() == 4 * 30
+    for bad in (1, 4, 0):
+        with pytest.raises(ConfigError, match="finish scale"):
+            DepthPlan(4, 2, 1, (1, 2, 3, 4), finish_scale=bad)
+    with pytest.raises(ConfigError, match="for sampling"):
+        plan.block_tokens()
+
+
+@pytest.mark.parametrize("cfg", [0.0, 1.5])
+def test_finishing_plan_refills_the_full_network_cache(tiny_pipeline, cfg):
+    """After the refill the full-depth scales see exactly the full network's keys/values of the tokens drawn
+    on the subnet: their logits equal the teacher-forced full network's on those tokens."""
+    pipe = tiny_pipeline
+    seen = []
+
+    class Record:
+        def after_scale(self, step):
+            seen.append(step.logits_BlV.clone())
+
+    out = pipe.generate([0, 2, 4], seed=5, cfg=cfg, top_k=0, top_p=0.0, depth=2, switch_scale=1, finish_scale=3,
+                        hooks=[Record()])
+    assert [s.layers for s in out.stats.per_scale] == [4, 2, 2, 4]
+    assert [s.refilled for s in out.stats.per_scale] == [0, 0, 0, 3]
+    rows = torch.cat((out.labels, torch.full_like(out.labels, pipe.config.num_classes))) if cfg else out.labels
+    x = pipe.tokenizer.teacher_input(out.tokens)
+    full = pipe.transformer(rows, x.repeat(2, 1, 1) if cfg else x)
+    if cfg:
+        from var_engine.sampling import cfg_mix, guidance_scale
+        full = cfg_mix(full, guidance_scale(cfg, 3, 4))
+    last = full[:, 14:]  # scale 3 of patch_nums (1, 2, 3, 4)
+    assert (seen[3] - last).abs().max() < 1e-4  # float32, different op order
+    sub = pipe.transformer(out.labels, x, DepthPlan(4, 2, 1, pipe.config.patch_nums).block_tokens())
+    if not cfg:  # the subnet scales really ran the subnet, and the finish really changes the function
+        assert (seen[1] - sub[:, 1:5]).abs().max() < 1e-4
+        assert (sub[:, 14:] - last).abs().max() > 1e-3
+    # compute counts the refill: 3 samples re-run scales 0-2 (14 tokens) at full depth
+    t = pipe.config.transformer
+    from var_engine.search.compute import run_cost
+    assert out.stats.compute == pytest.approx(run_cost(t, [3] * 4, [4, 2, 2, 4], [0, 0, 0, 3]))
+    assert out.stats.compute > run_cost(t, [3] * 4, [4, 2, 2, 4])
+
+
+def test_finishing_plan_with_search_refills_only_survivors(tiny_pipeline):
+    pipe = tiny_pipeline
+    from var_engine.search import TTSConfig
+    reward = lambda images, labels: images.mean((1, 2, 3))  # noqa: E731
+    seen = {}
+
+    class Record:
+        def after_scale(self, step):
+            if step.scale_index == 3:
+                seen.update(logits=step.logits_BlV.clone(), tokens=step.tokens_BL.clone(), labels=step.labels_B.clone())
+
+    out = pipe.generate([1, 2], seed=[3, 4], cfg=0.0, top_k=0, top_p=0.0, depth=2, switch_scale=1, finish_scale=3,
+                        search=TTSConfig(batches=(4, 4, 2, 2), cluster_scales=(), resample_scales=(1,),
+                                         reward=reward), hooks=[Record()])
+    # the survivors' refilled caches are their own: the full network's logits on each survivor's tokens
+    full = pipe.transformer(seen["labels"], pipe.tokenizer.teacher_input(seen["tokens"]))
+    assert (seen["logits"] - full[:, 14:]).abs().max() < 1e-4
+    assert [s.batch for s in out.stats.per_scale] == [8, 8, 4, 4]
+    assert [s.refilled for s in out.stats.per_scale] == [0, 0, 0, 4]
+    assert out.search.compute_per_request == pytest.approx(out.stats.compute / 2)
+    again = pipe.generate([1, 2], seed=[3, 4], cfg=0.0, top_k=0, top_p=0.0, depth=2, switch_scale=1, finish_scale=3,
+                          search=TTSConfig(batches=(4, 4, 2, 2), cluster_scales=(), resample_scales=(1,),
+                                           reward=reward))
+    assert torch.equal(out.tokens, again.tokens)
+
+
+def test_plans_that_resume_and_skip_again_are_refused(tiny_pipeline):
+    plan = lambda k: None if k in (0, 2) else (0, 3)  # noqa: E731
+    with pytest.raises(ValueError, match="only for good"):
+        tiny_pipeline.generate([0], seed=0, layer_plan=plan)

@@ -56,6 +56,7 @@ class BatchSettings:
     top_p: float = 0.96
     depth: int | None = None
     switch_scale: int | None = None
+    finish_scale: int | None = None  # full depth again from this scale (see Pipeline.depth_plan)
     precision: str = "fp32"  # autocast precision; part of the manifest because it changes the images
     draw: str = "release"  # token draw method (see SamplingConfig.draw); changes the images too
     search: str | None = None  # test-time search per image ('tts', 'best_of_n'; see var_engine.search)
@@ -89,10 +90,10 @@ def generate_folder(pipe: Pipeline, outdir: str | Path, settings: BatchSettings,
     ctx = ctx or DistContext(str(pipe.device))
     outdir = Path(outdir)
     jobs = plan_jobs(pipe.parse_labels(settings.classes).tolist(), settings.per_class)
-    plan: LayerPlan | None = pipe.depth_plan(settings.depth, settings.switch_scale)
+    plan: LayerPlan | None = pipe.depth_plan(settings.depth, settings.switch_scale, settings.finish_scale)
     if ctx.is_main:
         outdir.mkdir(parents=True, exist_ok=True)
-        fields = {k: v for k, v in asdict(settings).items() if v is not None or k not in ("search", "budget")}
+        fields = {k: v for k, v in asdict(settings).items() if v is not None or k not in ("search", "budget", "finish_scale")}
         record = {"settings": fields, "model": pipe.config.to_dict(),
                   "checkpoint": pipe.meta.get("path", pipe.meta.get("source"))}
         _check_manifest(outdir, json.loads(json.dumps(record)))

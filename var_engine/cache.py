@@ -54,6 +54,7 @@ class KVCache:
         self.k[layer] = torch.empty(shape, dtype=self.dtype, device=self.device)
         self.v[layer] = torch.empty(shape, dtype=self.dtype, device=self.device)
         self.capacities[layer] = capacity
+        self.released.discard(layer)
         self._track_peak()
 
     def release(self, layers: Iterable[int]) -> None:

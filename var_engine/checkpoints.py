@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import pickle
 import re
 import zipfile
@@ -278,3 +279,152 @@ def _read_json(path: Path, missing: str) -> dict[str, Any]:
         raise CheckpointError(f"{path}: format version {meta['format_version']} is newer than this "
                               f"var-engine understands ({FORMAT_VERSION}); upgrade var-engine")
     return meta
+
+
+# ----------------------------------------------------------------------------- adapters
+ADAPTER_FORMAT = "var-engine-adapter"
+ADAPTER_VERSION = 1
+CLASS_ROWS_KEY = "class_emb.rows"  # (R, C): the class-embedding rows an adapter sets, ids in meta["class_rows"]
+LORA_SUFFIXES = (".lora_A", ".lora_B")  # a low-rank update W + (B @ A) * meta["lora_scale"]
+
+
+def model_fingerprint(module: nn.Module, samples: int = 4096) -> str:
+    """A short hash identifying a module's weights: every parameter's name, shape and an evenly strided
+    sample of its values (as float32), so that it is cheap even for large models and independent of device."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(module.named_parameters()):
+        flat = p.detach().reshape(-1)
+        picked = flat[:: max(1, flat.numel() // samples)][:samples].float().cpu().contiguous()
+        h.update(f"{name}:{tuple(p.shape)};".encode())
+        h.update(picked.numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+class Adapter:
+    """A subset of a transformer's tensors (full tensors, low-rank updates, class rows) with its metadata.
+
+    meta: base_fingerprint (the model it was made for), class_id (the subject's id), class_rows (ids of the
+    class-embedding rows it sets), new_class, groups, rank, lora_scale, settings.
+    """
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]):
+        self.tensors = dict(tensors)
+        self.meta = dict(meta)
+        missing = [k for k in ("base_fingerprint", "class_id", "class_rows") if k not in self.meta]
+        if missing:
+            raise CheckpointError(f"adapter metadata lacks {missing}")
+        rows, class_id, scale = self.meta["class_rows"], self.meta["class_id"], self.meta.get("lora_scale", 1.0)
+        if not isinstance(rows, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                                 for i in rows):
+            raise CheckpointError(f"adapter metadata: class_rows must be a list of class ids, got {rows!r:.80}")
+        if isinstance(class_id, bool) or not isinstance(class_id, int) or class_id < 0:
+            raise CheckpointError(f"adapter metadata: class_id must be a class id, got {class_id!r:.80}")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) \
+                or not 0 <= scale <= 1e3:
+            raise CheckpointError(f"adapter metadata: lora_scale must be a finite number in [0, 1000], got {scale!r:.80}")
+        if not isinstance(self.meta["base_fingerprint"], str):
+            raise CheckpointError("adapter metadata: base_fingerprint must be a string")
+
+    @property
+    def class_id(self) -> int:
+        return int(self.meta["class_id"])
+
+    @property
+    def class_rows(self) -> list[int]:
+        return [int(i) for i in self.meta["class_rows"]]
+
+    def num_parameters(self) -> int:
+        return sum(t.numel() for t in self.tensors.values())
+
+    def check_fits(self, shapes: Mapping[str, torch.Size], num_classes: int, fingerprint: str | None) -> None:
+        """Refuse an adapter made for another base model (fingerprint), unknown keys or wrong shapes.
+
+        shapes: the base transformer's parameter shapes by name; num_classes: its class count.
+        """
+        if fingerprint is not None and self.meta["base_fingerprint"] != fingerprint:
+            raise CheckpointError("this adapter was made for another base model (its base fingerprint "
+                                  f"{self.meta['base_fingerprint']} differs from this model's {fingerprint}); "
+                                  "fine-tune again on this model")
+        bad = []
+        for key, t in self.tensors.items():
+            if key == CLASS_ROWS_KEY:
+                width = shapes["class_emb.weight"][1]
+                if t.ndim != 2 or t.shape != (len(self.class_rows), width):
+                    bad.append(f"{key}: {tuple(t.shape)} for {len(self.class_rows)} rows of width {width}")
+                continue
+            base = key[: -len(".lora_A")] if key.endswith(LORA_SUFFIXES) else key
+            if base not in shapes:
+                bad.append(f"{key}: no such parameter in the model")
+            elif key.endswith(".lora_A"):
+                partner = self.tensors.get(base + ".lora_B")
+                if t.ndim != 2 or len(shapes[base]) != 2 or t.shape[1] != shapes[base][1] or partner is None \
+                        or tuple(partner.shape) != (shapes[base][0], t.shape[0]):
+                    bad.append(f"{key}: low-rank pair does not fit {tuple(shapes[base])}")
+            elif key.endswith(".lora_B"):
+                if base + ".lora_A" not in self.tensors:
+                    bad.append(f"{key}: lora_A missing")
+            elif tuple(t.shape) != tuple(shapes[base]):
+                bad.append(f"{key}: file {tuple(t.shape)} vs model {tuple(shapes[base])}")
+        rows = self.class_rows
+        new = sorted(i for i in rows if i > num_classes)
+        if any(i < 0 or i == num_classes for i in rows) or new != list(range(num_classes + 1, num_classes + 1 + len(new))):
+            bad.append(f"class rows {rows} do not fit a model of {num_classes} classes (new ids start at "
+                       f"{num_classes + 1}, {num_classes} is the null class)")
+        if rows and CLASS_ROWS_KEY not in self.tensors:
+            bad.append(f"{CLASS_ROWS_KEY} missing")
+        for key, t in self.tensors.items():
+            if t.is_floating_point() and t.numel() and not torch.isfinite(t.float().abs().amax()):
+                bad.append(f"{key}: NaN/inf values")
+        if bad:
+            raise CheckpointError("adapter does not fit the model: " + "; ".join(bad[:5]))
+
+
+def save_adapter(path: str | Path, adapter: Adapter, dtype: torch.dtype | None = None) -> Path:
+    """Atomically write an adapter as safetensors (its metadata as JSON in the header; floats cast to `dtype`)."""
+    from safetensors.torch import save_file
+
+    path = Path(path).expanduser()
+    if path.parent and not path.parent.is_dir():
+        raise CheckpointError(f"cannot write {path}: folder {path.parent} does not exist")
+    tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
+               for k, v in adapter.tensors.items()}
+    meta = {"format": ADAPTER_FORMAT, "format_version": str(ADAPTER_VERSION), "adapter": json.dumps(adapter.meta)}
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_adapter(path: str | Path) -> Adapter:
+    """Read an adapter file (tensors as float32); CheckpointError for a missing, truncated or foreign file."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"adapter file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: not a readable adapter file (truncated or not safetensors: {e})") from e
+    if header.get("format") != ADAPTER_FORMAT:
+        raise CheckpointError(f"{path}: not a var-engine adapter (format {header.get('format')!r})")
+    if int(header.get("format_version", "0")) > ADAPTER_VERSION:
+        raise CheckpointError(f"{path}: adapter format version {header['format_version']} is newer than this "
+                              "var-engine understands; upgrade var-engine")
+    try:
+        meta = json.loads(header.get("adapter", ""))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: invalid adapter metadata ({e})") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: invalid adapter metadata")
+    tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    adapter = Adapter(tensors, meta)
+    adapter.meta["path"] = str(path)
+    return adapter

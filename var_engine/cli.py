@@ -13,6 +13,8 @@ import torch
 
 from . import cli_train  # noqa: F401  (registers the training commands)
 from . import cli_serve  # noqa: F401  (registers `serve`; gradio loads only when it runs)
+from . import cli_finetune  # noqa: F401  (registers `finetune`)
+from . import cli_edit  # noqa: F401  (registers `edit`)
 from .cli_common import (COMMANDS, add_depth_args, add_model_args, add_sampling_args, add_search_args, command,
                          depth_plan_from_args, load_pipeline, search_from_args)
 from .errors import VarEngineError
@@ -30,7 +32,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.trace and not search:
         raise VarEngineError("--trace records a search: add --search tts or --search best_of_n")
     pipe = load_pipeline(args)
-    classes = args.classes or ["0"]
+    adapter = pipe.load_adapter(args.adapter) if args.adapter else None
+    classes = args.classes or [str(adapter.class_id) if adapter is not None else "0"]
     if classes == ["all"]:
         classes = [str(c) for c in range(pipe.config.num_classes)]
     labels = [c for c in classes for _ in range(args.num)]
@@ -75,6 +78,8 @@ def _configure_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace", default=None, help="with --search: write the search trace (selections, scores) as JSON")
     p.add_argument("--class", dest="classes", action="append", default=None,
                    help="class id (repeatable; 'all' for every class; -1 or 'null' for unconditional)")
+    p.add_argument("--adapter", default=None,
+                   help="a subject adapter from `var-engine finetune` (default class: its subject's id)")
     p.add_argument("--num", type=int, default=4, help="images per class")
     p.add_argument("--seed", type=int, default=0, help="seed of the first batch (the batch starting at image i uses seed + i)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -104,7 +109,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         classes = pipe.parse_labels([c for c in args.classes.split(",") if c.strip()]).tolist()
     settings = BatchSettings(classes=classes, per_class=args.per_class, seed=args.seed, batch_size=args.batch_size,
                              cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, depth=args.depth,
-                             switch_scale=args.switch_scale, precision=args.precision, draw=args.draw,
+                             switch_scale=args.switch_scale, finish_scale=args.finish_scale,
+                             precision=args.precision, draw=args.draw,
                              search=search, budget=budget)
     counts = generate_folder(pipe, args.outdir, settings, ctx=ctx, progress=not args.quiet)
     if ctx.is_main:
@@ -127,6 +133,7 @@ def _configure_sample(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=32, help="fixed chunk size (part of the set's settings)")
     g.add_argument("--depth", type=int, default=None, help="VARiant subnet depth for later scales")
     g.add_argument("--switch-scale", type=int, default=None)
+    g.add_argument("--finish-scale", type=int, default=None, help="full depth again from this scale")
     g.add_argument("--quiet", action="store_true")
     add_search_args(p)
 

@@ -101,6 +101,9 @@ def add_depth_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("VARiant depth plans")
     g.add_argument("--depth", type=int, default=None, help="subnet depth for the later scales (default: full)")
     g.add_argument("--switch-scale", type=int, default=None, help="scales run at full depth before the switch")
+    g.add_argument("--finish-scale", type=int, default=None,
+                   help="full depth again from this scale (with --search: explore on the subnet, finish the "
+                        "survivors at full depth)")
     g.add_argument("--memory-budget", type=parse_bytes, default=None,
                    help="KV-cache budget per batch, e.g. 200MB: picks the deepest plan that fits")
     g.add_argument("--transient-last-scale", action="store_true",
@@ -109,11 +112,12 @@ def add_depth_args(p: argparse.ArgumentParser) -> None:
 
 def depth_plan_from_args(pipe, args: argparse.Namespace, batch: int):
     if args.memory_budget is not None:
-        if args.depth is not None or args.switch_scale is not None:
-            raise VarEngineError("--memory-budget chooses the depth plan itself; drop --depth/--switch-scale")
+        if args.depth is not None or args.switch_scale is not None or args.finish_scale is not None:
+            raise VarEngineError("--memory-budget chooses the depth plan itself; drop --depth/--switch-scale/"
+                                 "--finish-scale")
         return pipe.plan_for_memory(batch, args.memory_budget, cfg=args.cfg,
                                     transient_last_scale=getattr(args, "transient_last_scale", False))
-    return pipe.depth_plan(args.depth, args.switch_scale)
+    return pipe.depth_plan(args.depth, args.switch_scale, args.finish_scale)
 
 
 def add_search_args(p: argparse.ArgumentParser) -> None:

@@ -36,6 +36,8 @@ def add_train_args(p: argparse.ArgumentParser, *, steps: int, batch_size: int, l
     g.add_argument("--device", default="cpu", help="cpu or cuda (torchrun: one GPU per process)")
     g.add_argument("--threads", type=int, default=0)
     g.add_argument("--data", default="digits", help="'digits' (default set) or an image folder root/<class>/<img>")
+    g.add_argument("--augment", action="store_true",
+                   help="image folders: small shifts and scale jitter of the training images (no flips)")
     g.add_argument("--no-progress", action="store_true")
 
 
@@ -55,7 +57,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 def _datasets(args: argparse.Namespace, size: int):
     from .data import build_dataset
 
-    train = build_dataset(args.data, "train", size, recolour=True)
+    train = build_dataset(args.data, "train", size, recolour=True, augment=args.augment)
     heldout = build_dataset(args.data, "heldout", size) if args.data == "digits" else None
     return train, heldout
 

@@ -5,7 +5,9 @@ Images come out as float tensors (3, S, S) in [-1, 1] with an int label.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -92,9 +94,18 @@ class DigitsDataset(Dataset):
         return torch.stack([self[i][0] for i in range(len(self))]), torch.from_numpy(self.labels.copy())
 
 
-def load_image_rgb(path: Path, size: int) -> np.ndarray:
-    """Open any PIL-readable image, convert grey/RGBA/palette to RGB, centre-crop and resize."""
+MAX_IMAGE_PIXELS = 40_000_000  # larger images are refused before they are decoded (decompression bombs)
+
+
+def load_image_rgb(path: Path, size: int, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Open any PIL-readable image, convert grey/RGBA/palette to RGB, centre-crop and resize.
+
+    Raises InputError for an image of more than `max_pixels` pixels (checked before decoding).
+    """
     with Image.open(path) as im:
+        if im.size[0] * im.size[1] > max_pixels:
+            raise InputError(f"{path}: image of {im.size[0]}x{im.size[1]} pixels is larger than the "
+                             f"{max_pixels:,}-pixel limit")
         im.load()
         if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
             im = im.convert("RGBA")
@@ -116,8 +127,9 @@ class ImageFolderDataset(Dataset):
     empty class folder is an error (it would silently shift class ids).
     """
 
-    def __init__(self, root: str | Path, size: int = 32):
+    def __init__(self, root: str | Path, size: int = 32, augment: "Augment | None" = None):
         root = Path(root)
+        self.augment, self.epoch = augment, 0
         if not root.is_dir():
             raise InputError(f"image folder not found: {root}")
         self.classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -148,20 +160,105 @@ class ImageFolderDataset(Dataset):
         return len(self.classes)
 
     def set_epoch(self, epoch: int) -> None:
-        pass
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[i]
-        return torch.from_numpy(load_image_rgb(path, self.size)), label
+        image = torch.from_numpy(load_image_rgb(path, self.size))
+        if self.augment is not None:  # seeded by image and epoch: the same copy for the same epoch
+            g = torch.Generator().manual_seed(self.augment.seed * 1_000_003 + self.epoch * 7_919 + i)
+            image = self.augment(image[None], g)[0]
+        return image, label
 
 
-def build_dataset(spec: str, split: str, size: int, recolour: bool = False) -> Dataset:
-    """'digits' -> the default set; anything else is an image-folder path."""
+def build_dataset(spec: str, split: str, size: int, recolour: bool = False, augment: bool = False) -> Dataset:
+    """'digits' -> the default set (recoloured when `recolour`); anything else is an image-folder path
+    (with `augment`: small shifts and scale jitter, see `Augment`)."""
     if spec == "digits":
         return DigitsDataset(split, size=size, recolour=recolour and split == "train")
     if split == "heldout":
         raise InputError("image folders have no held-out split; pass --eval-data PATH")
-    return ImageFolderDataset(spec, size=size)
+    return ImageFolderDataset(spec, size=size, augment=Augment() if augment else None)
+
+
+# ----------------------------------------------------------------------------- augmentation
+@dataclass(frozen=True)
+class Augment:
+    """Augmentations that keep a subject's identity: shifts, scale jitter (a zoom in or out around the centre,
+    i.e. a small crop or margin) and optional horizontal flips (off: a mirrored digit is another symbol).
+
+    shift: largest shift as a fraction of the side; scale: largest relative zoom. Borders are replicated.
+    """
+
+    shift: float = 0.06
+    scale: float = 0.08
+    flip: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.shift <= 0.5 and 0 <= self.scale < 1):
+            raise ConfigError(f"augment shift must be in [0, 0.5] and scale in [0, 1), got {self.shift}, {self.scale}")
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """images (N, 3, H, W) -> augmented copies (N, 3, H, W), one random transform per image."""
+        import torch.nn.functional as F
+
+        N = images.shape[0]
+        u = torch.rand(N, 3, generator=generator) * 2 - 1  # in [-1, 1)
+        zoom = 1 + self.scale * u[:, 0]
+        theta = torch.zeros(N, 2, 3)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1 / zoom
+        theta[:, :, 2] = 2 * self.shift * u[:, 1:]  # affine_grid units: the side is 2
+        if self.flip:
+            flips = torch.rand(N, generator=generator) < 0.5
+            theta[flips, 0, 0] *= -1
+        grid = F.affine_grid(theta.to(images), list(images.shape), align_corners=False)
+        return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+# ----------------------------------------------------------------------------- subject images
+MAX_SUBJECT_IMAGES = 64
+
+
+def subject_image_paths(sources: Sequence[str | Path]) -> list[Path]:
+    """Files and folders (their files, sorted; hidden ones ignored) -> the image paths to load.
+
+    Raises InputError for missing paths, no files or more than MAX_SUBJECT_IMAGES.
+    """
+    paths: list[Path] = []
+    for source in sources:
+        path = Path(source).expanduser()
+        if path.is_dir():
+            paths += sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise InputError(f"subject image not found: {path}")
+    if not paths:
+        raise InputError("no subject images given (pass image files or a folder of them)")
+    if len(paths) > MAX_SUBJECT_IMAGES:
+        raise InputError(f"{len(paths)} subject images: at most {MAX_SUBJECT_IMAGES} are accepted "
+                         "(3-10 pictures of one subject are typical)")
+    return paths
+
+
+def load_subject_images(sources: Sequence[str | Path], size: int,
+                        max_pixels: int = MAX_IMAGE_PIXELS) -> torch.Tensor:
+    """Subject pictures (files and/or folders) -> (N, 3, size, size) in [-1, 1], centre-cropped and resized.
+
+    Every file must be a readable image of at most `max_pixels` pixels; InputError names the first that is not.
+    """
+    images = []
+    for path in subject_image_paths(sources):
+        try:
+            images.append(load_image_rgb(path, size, max_pixels))
+        except Image.DecompressionBombError as e:
+            raise InputError(f"{path}: refused, the image is too large ({e})") from e
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            if isinstance(e, InputError):
+                raise
+            raise InputError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+    return torch.from_numpy(np.stack(images))

@@ -18,8 +18,7 @@ from torch.utils.data import Dataset
 
 from .checkpoints import load_component, read_module_config, save_module
 from .errors import ConfigError
-from .training import (MetricsLog, TrainConfig, infinite_batches, load_state, lr_at, make_optimizer,
-                       run_fingerprint, save_state, start_run)
+from .training import Callback, TrainConfig, freeze_except, infinite_batches, run_fingerprint, run_loop, start_run
 
 log = logging.getLogger(__name__)
 
@@ -139,39 +138,33 @@ def train_classifier(model: nn.Module, name: str, settings: dict, train: TrainCo
     ctx = start_run(train)
     out = Path(train.out_dir)
     model = model.to(ctx.device)
+    params = freeze_except(model, model.parameters())
     ddp = ctx.wrap(model)
-    opt = make_optimizer(model.parameters(), train)
     fingerprint = run_fingerprint(train, ctx.world_size, **{name: settings})
-    step, _ = load_state(out / f"{name}_run", fingerprint, model, opt, None)
-    logger = MetricsLog(out / f"{name}_run", "train", ctx.is_main)
-    batches = infinite_batches(dataset, train, ctx, step)
     generator = torch.Generator().manual_seed(train.seed + ctx.rank)
-    from tqdm import tqdm
+    batches: list = []  # started at the first step run (after a resume)
 
-    bar = tqdm(total=train.steps, initial=step, desc=name, disable=not (progress and ctx.is_main))
-    while step < train.steps:
-        model.train()
-        inputs, labels = prepare(*next(batches), generator)
-        inputs, labels = inputs.to(ctx.device), labels.to(ctx.device)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, train)
-        loss = F.cross_entropy(ddp(inputs), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        bar.update(1)
-        if step % train.log_every == 0 or step == train.steps:
-            row = {"step": step, "loss": loss.item()}
-            if heldout is not None and ctx.is_main:
-                row["heldout_accuracy"] = accuracy(model, heldout[0], heldout[1])
-            logger.write(row)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        if (step % train.ckpt_every == 0 or step == train.steps) and ctx.is_main:
-            save_state(out / f"{name}_run", step=step, fingerprint=fingerprint, model=model, optimizer=opt, ema=None)
-    bar.close()
-    model.eval()
+    def step_loss(step: int) -> tuple[torch.Tensor, dict]:
+        if not batches:
+            batches.append(infinite_batches(dataset, train, ctx, step))
+        inputs, labels = prepare(*next(batches[0]), generator)
+        return F.cross_entropy(ddp(inputs.to(ctx.device)), labels.to(ctx.device)), {}
+
+    run_loop(model, params, step_loss, train, ctx, fingerprint=fingerprint, state_dir=out / f"{name}_run",
+             log_dir=out / f"{name}_run", name=name, callbacks=[_HeldoutAccuracy(model, heldout, ctx)],
+             grad_clip=0.0, progress=progress)
     if ctx.is_main:
         save(model)
     ctx.barrier()
     return model
+
+
+class _HeldoutAccuracy(Callback):
+    """Held-out accuracy in every train log row (main process)."""
+
+    def __init__(self, model: nn.Module, heldout: tuple[torch.Tensor, torch.Tensor] | None, ctx: Any):
+        self.model, self.heldout, self.ctx = model, heldout, ctx
+
+    def on_log(self, step: int, row: dict) -> None:
+        if self.heldout is not None and self.ctx.is_main:
+            row["heldout_accuracy"] = accuracy(self.model, self.heldout[0], self.heldout[1])

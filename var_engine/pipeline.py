@@ -1,6 +1,7 @@
 """Pipeline: tokenizer + transformer + sampler composed behind one `generate` call."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import logging
@@ -10,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
 
@@ -21,17 +22,24 @@ from .checkpoints import (adapt_tokenizer_state_dict, infer_tokenizer_config, in
                           read_state_dict, save_pretrained)
 from .config import OFFICIAL_PATCH_NUMS_256, ModelConfig, SamplingConfig
 from .devices import resolve_device
+from .editing import (EditConfig, EditForcer, check_mask_covers, fit_to_model, image_batch, keep_alpha, mask_batch,
+                      paste_back)
 from .errors import CheckpointError, ConfigError, InputError
 from .sampling import (EagerRunner, LayerPlan, ScaleHook, ScaleStats, last_run_scales, layer_capacities,
                        make_runner, sample)
-from .search import (BestOfNConfig, EvaluatorFeatures, LatentFeatures, LatentReward, Reward, SearchTrace, TTSConfig,
-                     evaluator_reward, load_latent_reward, plan_search)
+from .search import BestOfNConfig, Reward, SearchTrace, TTSConfig, load_latent_reward, plan_search
+from .sampling.forcing import TokenForcer
 from .search.compute import run_cost
+from .search.scorers import shipped_scorer
 from .tokenizer import Tokenizer
 from .transformer import VARTransformer
 from .variant import DepthPlan
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from .checkpoints import Adapter
+    from .finetune import AdapterSwitch
 
 DEFAULT_CHECKPOINT_ENV = "VAR_ENGINE_CHECKPOINT"
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -84,6 +92,18 @@ def _serialized(method):
         with self.generation_lock:
             return method(self, *args, **kwargs)
     return locked
+
+
+def _with_adapter(method):
+    """Add `adapter=` to a Pipeline method: that call runs with the adapter (a path or `Adapter`) in place of
+    whatever is loaded, and the previous weights come back afterwards (call it under the generation lock)."""
+    @functools.wraps(method)
+    def call(self, *args, adapter=None, **kwargs):
+        if adapter is None:
+            return method(self, *args, **kwargs)
+        with self.using_adapter(adapter):
+            return method(self, *args, **kwargs)
+    return call
 
 
 class Pipeline:
@@ -147,7 +167,10 @@ class Pipeline:
             components["latent_reward"] = latent_reward.classifier
         return cls(tokenizer, transformer, config, components, meta).to(device).with_attention(attention)
 
+    @_serialized
     def save_pretrained(self, directory: str | Path, extra_config: dict[str, Any] | None = None) -> Path:
+        if self._adapters is not None and self._adapters.active is not None:
+            raise ConfigError("an adapter is loaded: save its file instead, or unload_adapter() before saving the base")
         return save_pretrained(directory, self.config,
                                {"tokenizer": self.tokenizer, "transformer": self.transformer}, extra_config)
 
@@ -240,9 +263,11 @@ class Pipeline:
                     raise InputError(f"class id {item!r} is not an integer")
             if item == -1:
                 out.append(n)
-            elif not 0 <= item < n:
+            elif not 0 <= item < n and item not in self.adapter_class_ids():
                 raise InputError(f"class id {item} is out of range: this model has classes 0..{n - 1} "
-                                 "(and -1 or 'null' for unconditional)")
+                                 "(and -1 or 'null' for unconditional"
+                                 + (f"; the loaded adapter adds {self.adapter_class_ids()})" if self._adapters and
+                                    self.adapter_class_ids() else ")"))
             else:
                 out.append(item)
         return torch.tensor(out, dtype=torch.long)
@@ -278,19 +303,24 @@ class Pipeline:
             return int(variant["switch_scale"])
         return max(1, round(0.6 * self.config.transformer.num_scales))
 
-    def depth_plan(self, depth: int | None, switch_scale: int | None = None) -> DepthPlan | None:
-        """Full depth up to `switch_scale` scales, then the equidistant depth-`depth` subnet (None: full)."""
+    def depth_plan(self, depth: int | None, switch_scale: int | None = None,
+                   finish_scale: int | None = None) -> DepthPlan | None:
+        """Full depth up to `switch_scale` scales, then the equidistant depth-`depth` subnet (None: full);
+        with `finish_scale`, full depth again from that scale on (the earlier scales' caches are recomputed
+        at full depth there: a search explores on the subnet and finishes its survivors at full depth)."""
         D = self.config.depth
         if depth is None or depth == D:
-            if depth is None and switch_scale is not None:
-                raise InputError("switch_scale needs a subnet depth")
+            if depth is None and (switch_scale is not None or finish_scale is not None):
+                raise InputError("switch_scale and finish_scale need a subnet depth")
             if depth is None:
                 return None
         if isinstance(depth, bool) or not isinstance(depth, int):
             raise InputError(f"depth must be an integer in [1, {D}], got {depth!r}")
         try:
+            if finish_scale is not None and (isinstance(finish_scale, bool) or not isinstance(finish_scale, int)):
+                raise InputError(f"finish_scale must be an integer, got {finish_scale!r}")
             plan = DepthPlan(D, depth, self.default_switch_scale() if switch_scale is None else switch_scale,
-                             self.config.patch_nums)
+                             self.config.patch_nums, finish_scale)
         except ConfigError as e:
             raise InputError(str(e)) from e
         if depth < D and not self.is_supernet:
@@ -341,23 +371,27 @@ class Pipeline:
                                  dtype=self.transformer.pos_1LC.dtype)
 
     @_serialized
+    @_with_adapter
     @torch.no_grad()
     def generate(self, labels: int | str | Iterable[int | str] | torch.Tensor | None = None, *,
                  batch: int | None = None, seed: int | Sequence[int] | None = None, cfg: float = 1.5,
                  top_k: int = 900,
                  top_p: float = 0.96, more_smooth: bool = False, depth: int | None = None,
-                 switch_scale: int | None = None, layer_plan: LayerPlan | None = None,
+                 switch_scale: int | None = None, finish_scale: int | None = None,
+                 layer_plan: LayerPlan | None = None,
                  hooks: Sequence[ScaleHook] = (), transient_last_scale: bool = False,
                  precision: str = "fp32", decode: bool = True, draw: str = "release",
                  search: str | TTSConfig | BestOfNConfig | None = None, budget: float | None = None,
-                 reward: Reward | str | None = None) -> GenerateOutput:
+                 reward: Reward | str | None = None, forcer: TokenForcer | None = None) -> GenerateOutput:
         """Sample class-conditional images. Returns images in [0, 1], tokens and timing/memory stats.
 
         With labels=None, `batch` random classes are drawn first from the seeded generator.
         seed: an int (one generator, the release's protocol) or one int per sample (each image is
         then independent of the rest of the batch); None picks a random seed, returned as out.seed.
         depth/switch_scale: run the depth-`depth` subnet after the first `switch_scale` scales
-        (same weights, nothing reloaded); layer_plan: any custom LayerPlan instead.
+        (same weights, nothing reloaded); finish_scale: full depth again from that scale (the earlier
+        scales are re-run at full depth for the population that reaches it: with a search, its survivors);
+        layer_plan: any custom LayerPlan instead.
         transient_last_scale: keep the final scale's keys/values out of the KV cache (less memory).
         precision: 'fp32' (reference), or 'bf16'/'fp16' autocast for the transformer and the decoder.
         draw: 'release' (the official code's filtering and multinomial draw: its tokens for a seed) or
@@ -368,14 +402,16 @@ class Pipeline:
         (`search_scorer`; 'auto', the default, steers with the decode-free latent reward where shipped and
         picks the winner with the evaluator); works with depth plans, whose cheaper scales buy more
         candidates. out.search holds the trace.
+        forcer: a TokenForcer (sampling.forcing) that teacher-forces tokens at each scale (see `edit`).
+        adapter: a subject adapter (path or `Adapter`) for this call only (see `using_adapter`).
         Raises InputError/ConfigError for bad ids or settings.
         """
         settings = SamplingConfig(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth, draw=draw)
         autocast = self.autocast(precision)
-        if depth is not None or switch_scale is not None:
+        if depth is not None or switch_scale is not None or finish_scale is not None:
             if layer_plan is not None:
-                raise InputError("give either depth/switch_scale or layer_plan, not both")
-            layer_plan = self.depth_plan(depth, switch_scale)
+                raise InputError("give either depth/switch_scale/finish_scale or layer_plan, not both")
+            layer_plan = self.depth_plan(depth, switch_scale, finish_scale)
         if seed is None:
             seed = secrets.randbelow(2**32)  # picked here so that out.seed reproduces the call
         generator = self.make_generators(seed)
@@ -411,7 +447,8 @@ class Pipeline:
         with autocast:
             result = sample(self.transformer, self.tokenizer.quantize, labels_B, settings, generator=generator,
                             layer_plan=layer_plan, hooks=hooks, transient_last_scale=transient_last_scale,
-                            runner=self.runner, decoder=self.decode_fhat, groups=groups)
+                            runner=self.runner, decoder=self.decode_fhat, groups=groups,
+                            forcer=forcer)
         t1 = time.perf_counter()
         images = None
         if decode:
@@ -431,42 +468,138 @@ class Pipeline:
         return GenerateOutput(images, result.tokens, result.labels, stats, plan.trace if plan else None,
                               seed=list(seed) if isinstance(seed, (list, tuple)) else seed)
 
+    @_serialized
+    @_with_adapter
+    @torch.no_grad()
+    def edit(self, images: Any, mask: Any, labels: int | str | Iterable[int | str] | torch.Tensor | None = None, *,
+             num: int = 1, seed: int | Sequence[int] | None = None, cfg: float = 1.5, top_k: int = 900,
+             top_p: float = 0.96, more_smooth: bool = False, depth: int | None = None,
+             switch_scale: int | None = None, layer_plan: LayerPlan | None = None, precision: str = "fp32",
+             draw: str = "release", search: str | TTSConfig | BestOfNConfig | None = None,
+             budget: float | None = None, reward: Reward | str | None = None,
+             config: EditConfig | None = None) -> GenerateOutput:
+        """Regenerate the masked region of images: zero-shot in-painting, out-painting, class-conditional editing.
+
+        images: (B, 3, H, W) / (3, H, W) in [0, 1] (uint8 0..255 too), (H, W, 3|4) arrays, PIL images or a list;
+        another size than the model's is resized (with a logged note). mask: (B, 1, H, W), (B, H, W) or (H, W),
+        1 = regenerate (`editing.outpaint_canvas` and `editing.mask_from_editor` build inputs for out-painting
+        and image editors). labels: None (or -1/'null') in-paints without a class; a class (one, or one per
+        image) edits toward it. num: results per image (rows image-major). The tokens outside the mask are
+        teacher-forced at every scale; config (EditConfig) chooses the mechanics and the paste-back of the kept
+        pixels (default: the best measured in bench.edit). The other options are generate's (adapter= too). Returns
+        generate's output at the model's size; out.tokens hold the forced tokens where the input was kept.
+        Raises InputError for bad images or masks (wrong shape, NaN, empty or covering the whole image).
+        """
+        t0 = time.perf_counter()
+        config = EditConfig() if config is None else config
+        if not isinstance(config, EditConfig):
+            raise InputError(f"config must be an EditConfig, got {type(config).__name__}")
+        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+            raise InputError(f"num must be an integer >= 1, got {num!r}")
+        images_t = image_batch(images)
+        mask_t = mask_batch(mask, images_t.shape[0], tuple(images_t.shape[-2:]))
+        images_t, mask_t = fit_to_model(images_t, mask_t, self.config.image_size)
+        check_mask_covers(mask_t)
+        R = images_t.shape[0]
+        if labels is None:
+            labels_R = torch.full((R,), -1, dtype=torch.long)
+        else:
+            labels_R = self.parse_labels(labels)
+            if labels_R.numel() == 1:
+                labels_R = labels_R.expand(R)
+            elif labels_R.numel() != R:
+                raise InputError(f"{labels_R.numel()} labels for {R} images (give one label, or one per image)")
+            labels_R = torch.where(labels_R == self.config.num_classes, -1, labels_R)
+        if bool((labels_R == -1).all()):
+            cfg = 0.0  # both guidance halves would be the unconditional one: the same draws at half the work
+        images_t = images_t.repeat_interleave(num, 0).to(self.device)
+        mask_t = mask_t.repeat_interleave(num, 0).to(self.device)
+        latent = self.tokenizer.encode_latent(images_t * 2 - 1).float()  # (R * num, C, h, w)
+        forcer = EditForcer(self.tokenizer.quantize, latent, mask_t, config)
+        prepare_seconds = time.perf_counter() - t0
+        out = self.generate(labels_R.repeat_interleave(num), seed=seed, cfg=cfg, top_k=top_k, top_p=top_p,
+                            more_smooth=more_smooth, depth=depth, switch_scale=switch_scale, layer_plan=layer_plan,
+                            precision=precision, draw=draw, search=search, budget=budget, reward=reward,
+                            forcer=forcer)
+        t1 = time.perf_counter()
+        if config.paste_back and out.images is not None:
+            out.images = paste_back(out.images, images_t, keep_alpha(mask_t, config.feather, config.feather_position))
+        out.stats.seconds += prepare_seconds + time.perf_counter() - t1
+        return out
+
     def search_scorer(self, name: str = "auto") -> tuple[Reward | None, object | None]:
         """The shipped (reward, clustering features) of a search: 'latent' (no decode: the latent reward and
         pooled latents), 'evaluator' (decoded partial images scored by the evaluator), 'auto' (latent when
         the checkpoint ships a latent reward, else evaluator; for a 1,000-class model with neither, imagenet
         when `var-engine[imagenet]` is installed), 'imagenet' (EfficientNet-Lite0, search.imagenet)."""
-        evaluator, latent = self.components.get("evaluator"), self.components.get("latent_reward")
-        if name == "auto":
-            name = "latent" if latent is not None else "evaluator"
-            if evaluator is None and latent is None and self.config.num_classes == 1000:
-                from .search import imagenet
-
-                name = "imagenet" if imagenet.available() else name
-        if name == "imagenet":
-            from .search.imagenet import ImageNetFeatures, imagenet_reward, shared_imagenet_classifier
-
-            if self.config.num_classes != 1000:
-                raise ConfigError(f"the ImageNet reward needs a 1,000-class model; this one has {self.config.num_classes}")
-            classifier = shared_imagenet_classifier(self.device)
-            return imagenet_reward(classifier), ImageNetFeatures("pooled", classifier)
-        if name == "latent":
-            if latent is None:
-                raise ConfigError("this checkpoint ships no latent reward (train one: var-engine train-latent-reward)")
-            return LatentReward(latent), LatentFeatures()
-        if name == "evaluator":
-            if evaluator is None:
-                return None, None
-            return evaluator_reward(evaluator), EvaluatorFeatures(evaluator)
-        raise InputError(f"unknown reward {name!r}: 'latent', 'evaluator', 'imagenet', 'auto' or a callable")
+        return shipped_scorer(name, self.components, self.config.num_classes, self.device)
 
     def transformer_compute(self, per_scale: Sequence[ScaleStats]) -> float:
         """Transformer compute of a call's scale records, in plain full-depth samples (search.compute)."""
-        return run_cost(self.config.transformer, [s.batch for s in per_scale], [s.layers for s in per_scale])
+        return run_cost(self.config.transformer, [s.batch for s in per_scale], [s.layers for s in per_scale],
+                        [s.refilled for s in per_scale])
 
     def decode_fhat(self, f_hat: torch.Tensor) -> torch.Tensor:
         """Accumulated latents (B, C, h, w) -> images (B, 3, H, W) in [0, 1] (float32)."""
         return self.tokenizer.fhat_to_images(f_hat).float().add_(1).mul_(0.5)
+
+    # ------------------------------------------------------------------ subject adapters
+    _adapters: "AdapterSwitch | None" = None
+    _loaded_adapter: "Adapter | None" = None
+
+    def _adapter_switch(self) -> "AdapterSwitch":
+        from .finetune import AdapterSwitch
+
+        if self._adapters is None:
+            self._adapters = AdapterSwitch(self.transformer)
+        return self._adapters
+
+    @_serialized
+    def check_adapter(self, adapter: "str | Path | Adapter") -> "Adapter":
+        """Read an adapter and check it against this base model without putting it in place (CheckpointError
+        as in `load_adapter`); pass the result to `generate(..., adapter=...)`."""
+        return self._adapter_switch().load(adapter)
+
+    @_serialized
+    def load_adapter(self, adapter: "str | Path | Adapter") -> "Adapter":
+        """Load a subject adapter (`var-engine finetune` output) on top of the base weights until
+        `unload_adapter`; replaces any loaded one. CheckpointError for a file made for another base model,
+        a truncated file or tensors that do not fit. Its subject's class id: `adapter.class_id`."""
+        switch = self._adapter_switch()
+        loaded = switch.load(adapter)
+        switch.apply(loaded)
+        self._loaded_adapter = loaded
+        return loaded
+
+    @_serialized
+    def unload_adapter(self) -> None:
+        """Back to the base weights, bit for bit."""
+        if self._adapters is not None:
+            self._adapters.apply(None)
+        self._loaded_adapter = None
+
+    @property
+    def adapter(self) -> "Adapter | None":
+        """The adapter loaded with `load_adapter` (None: the base model)."""
+        return self._loaded_adapter
+
+    @contextlib.contextmanager
+    def using_adapter(self, adapter: "str | Path | Adapter | None"):
+        """Generate with `adapter` (None: the base model) inside the block, e.g. for one web session's subject;
+        holds the generation lock, so other threads' calls run before or after, each with its own weights."""
+        with self.generation_lock:
+            switch = self._adapter_switch()
+            checked = None if adapter is None else switch.load(adapter)
+            previous = switch.active  # an enclosing block's adapter, the loaded one, or None
+            switch.apply(checked)
+            try:
+                yield checked
+            finally:
+                switch.apply(previous)
+
+    def adapter_class_ids(self) -> list[int]:
+        """Class ids past the null class that the adapter in place adds (a new subject's id is num_classes + 1)."""
+        return self._adapters.new_class_ids() if self._adapters is not None else []
 
     def num_parameters(self) -> dict[str, int]:
         return {"tokenizer": sum(p.numel() for p in self.tokenizer.parameters()),

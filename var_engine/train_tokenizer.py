@@ -15,8 +15,8 @@ from .checkpoints import load_component, read_model_config, read_module_config, 
 from .config import TokenizerConfig
 from .images import save_grid
 from .tokenizer import Tokenizer
-from .training import (DistContext, MetricsLog, TrainConfig, infinite_batches, load_state, lr_at,
-                       make_optimizer, run_fingerprint, save_state, start_run)
+from .training import (Callback, DistContext, TrainConfig, freeze_except, infinite_batches, run_fingerprint,
+                       run_loop, start_run)
 
 log = logging.getLogger(__name__)
 
@@ -79,64 +79,74 @@ def train_tokenizer(tok_cfg: TokenizerConfig, cfg: TrainConfig, dataset: Dataset
     ctx = start_run(cfg)
     out = Path(cfg.out_dir)
     model = Tokenizer(tok_cfg).to(ctx.device)
+    params = freeze_except(model, model.parameters())
     ddp = ctx.wrap(model)
-    opt = make_optimizer(model.parameters(), cfg)
     fingerprint = run_fingerprint(cfg, ctx.world_size, tokenizer=tok_cfg, loss=loss_cfg)
-    step, _ = load_state(out, fingerprint, model, opt, None)
-    train_log, eval_log = MetricsLog(out, "train", ctx.is_main), MetricsLog(out, "eval", ctx.is_main)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    batches = infinite_batches(dataset, cfg, ctx, step)
-    from tqdm import tqdm
+    batches: list = []  # started at the first step run (after a resume)
+    last: dict = {}
 
-    bar = tqdm(total=cfg.steps, initial=step, desc="tokenizer", disable=not (progress and ctx.is_main))
-    while step < cfg.steps:
-        model.train()
-        images = next(batches)[0].to(ctx.device, non_blocking=True)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
+    def step_loss(step: int) -> tuple[torch.Tensor, dict]:
+        if not batches:
+            batches.append(infinite_batches(dataset, cfg, ctx, step))
+        images = next(batches[0])[0].to(ctx.device, non_blocking=True)
         res = ddp(images)
         rec = res.recon
         loss = (loss_cfg.l1_weight * F.l1_loss(rec, images) + loss_cfg.l2_weight * F.mse_loss(rec, images)
                 + res.vq_loss)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        with torch.no_grad():
-            hits = res.hits_SV.detach()
-            if ctx.distributed:
-                dist.all_reduce(hits)
-            ema = model.quantize.ema_vocab_hit_SV
-            ema.copy_(hits if step == 0 else ema * 0.97 + hits * 0.03)
-        step += 1
-        restarted = 0
-        if loss_cfg.dead_code_every and step % loss_cfg.dead_code_every == 0 and step < cfg.steps * 0.9:
-            restarted = restart_dead_codes(model, res.latent.detach(), loss_cfg.dead_code_threshold, ctx, gen)
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            row = {"step": step, "loss": loss.item(), "vq_loss": res.vq_loss.item(), "psnr": psnr(rec.detach(), images),
-                   "lr": lr_at(step - 1, cfg), "restarted_codes": restarted,
-                   "active_codes": int((model.quantize.ema_vocab_hit_SV.sum(0) >= loss_cfg.dead_code_threshold).sum())}
-            train_log.write(row)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", psnr=f"{row['psnr']:.1f}")
-        if ctx.is_main and heldout is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
-            metrics = evaluate_tokenizer(model, heldout)
-            eval_log.write({"step": step, **metrics})
-            x = heldout[:16].to(ctx.device)
-            with torch.no_grad():
-                save_grid(torch.cat([x, model.decode(model.encode(x))]).add(1).mul(0.5).cpu(),
-                          out / f"recon_{step:06d}.png", nrow=16)
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            if ctx.is_main:
-                save_state(out, step=step, fingerprint=fingerprint, model=model, optimizer=opt, ema=None)
-            ctx.barrier()
-    bar.close()
-    model.eval()
+        last.update(hits=res.hits_SV.detach(), latent=res.latent.detach())
+        return loss, {"vq_loss": res.vq_loss.item(), "psnr": psnr(rec.detach(), images)}
+
+    run_loop(model, params, step_loss, cfg, ctx, fingerprint=fingerprint, state_dir=out, log_dir=out,
+             name="tokenizer", callbacks=[_CodebookUpkeep(model, loss_cfg, cfg, ctx, last),
+                                          _TokenizerEval(heldout, out)], progress=progress)
     if ctx.is_main:
         save_module(out, "tokenizer", model, tok_cfg.to_dict())
     ctx.barrier()
     return model
+
+
+class _CodebookUpkeep(Callback):
+    """After each step: the codebook usage EMA, and restarts of dead codes."""
+
+    def __init__(self, model: Tokenizer, loss_cfg: TokenizerLoss, cfg: TrainConfig, ctx: DistContext, last: dict):
+        self.model, self.loss_cfg, self.cfg, self.ctx, self.last = model, loss_cfg, cfg, ctx, last
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.restarted = 0
+
+    def after_step(self, step: int) -> bool:
+        with torch.no_grad():
+            hits = self.last["hits"]
+            if self.ctx.distributed:
+                dist.all_reduce(hits)
+            ema = self.model.quantize.ema_vocab_hit_SV
+            ema.copy_(hits if step == 1 else ema * 0.97 + hits * 0.03)
+        self.restarted = 0
+        every = self.loss_cfg.dead_code_every
+        if every and step % every == 0 and step < self.cfg.steps * 0.9:
+            self.restarted = restart_dead_codes(self.model, self.last["latent"], self.loss_cfg.dead_code_threshold,
+                                                self.ctx, self.generator)
+        return False
+
+    def on_log(self, step: int, row: dict) -> None:
+        row["restarted_codes"] = self.restarted
+        row["active_codes"] = int((self.model.quantize.ema_vocab_hit_SV.sum(0) >= self.loss_cfg.dead_code_threshold).sum())
+
+
+class _TokenizerEval(Callback):
+    """Held-out PSNR, codebook usage and a reconstruction grid."""
+
+    def __init__(self, heldout: torch.Tensor | None, out: Path):
+        self.heldout, self.out = heldout, out
+
+    def on_eval(self, step: int, model: torch.nn.Module) -> dict | None:
+        if self.heldout is None:
+            return None
+        metrics = evaluate_tokenizer(model, self.heldout)
+        x = self.heldout[:16].to(next(model.parameters()).device)
+        with torch.no_grad():
+            save_grid(torch.cat([x, model.decode(model.encode(x))]).add(1).mul(0.5).cpu(),
+                      self.out / f"recon_{step:06d}.png", nrow=16)
+        return metrics
 
 
 def load_tokenizer(directory: str | Path) -> Tokenizer:

@@ -25,8 +25,8 @@ from .distillation import Distillation, distill_loss
 from .images import save_grid
 from .sampling import sample
 from .tokenizer import Tokenizer
-from .training import (EMA, DistContext, MetricsLog, TrainConfig, load_state, lr_at, make_optimizer,
-                       run_fingerprint, save_state, start_run)
+from .training import (EMA, Callback, DistContext, TrainConfig, freeze_except, run_fingerprint,
+                       run_loop, start_run, trainable_fingerprint)
 from .transformer import VARTransformer
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,18 @@ def sample_grid(model: VARTransformer, tokenizer: Tokenizer, path: Path, per_cla
     return save_grid(images.cpu(), path, nrow=per_class)
 
 
+class _TransformerEval(Callback):
+    """Held-out loss and a sample grid at every evaluation."""
+
+    def __init__(self, tokenizer: Tokenizer, held: tuple[torch.Tensor, torch.Tensor] | None, out: Path):
+        self.tokenizer, self.held, self.out = tokenizer, held, out
+
+    def on_eval(self, step: int, model: nn.Module) -> dict:
+        row = evaluate_tokens(model, self.tokenizer, *self.held) if self.held is not None else {}
+        sample_grid(model, self.tokenizer, self.out / f"samples_{step:06d}.png")
+        return row
+
+
 def train_transformer(model_cfg: ModelConfig, tokenizer: Tokenizer, cfg: TrainConfig, dataset: Dataset,
                       heldout: Dataset | None = None, *, plan: StepPlan | None = None,
                       loss_weight_L: torch.Tensor | None = None,
@@ -116,11 +128,13 @@ def train_transformer(model_cfg: ModelConfig, tokenizer: Tokenizer, cfg: TrainCo
                       init_from: VARTransformer | None = None, distill: Distillation | None = None,
                       teacher: VARTransformer | None = None, augment_copies: int = 1,
                       label_smoothing: float = 0.0, extra_config: dict | None = None,
-                      save_dtype: torch.dtype | None = None, progress: bool = True) -> VARTransformer:
+                      save_dtype: torch.dtype | None = None, callbacks: Sequence[Callback] = (),
+                      progress: bool = True) -> VARTransformer:
     """Train (or resume) in cfg.out_dir; writes a var-engine checkpoint directory there (EMA weights).
 
     distill: mixes `Distillation`'s soft-target loss against `teacher` (a frozen model, every step),
     or without a teacher against the model itself at full depth (steps where `plan` picks a subnet).
+    trainable: the parameters to train (the rest stay frozen; the EMA covers only these).
     extra_config: recorded in the checkpoint's config.json (e.g. {"variant": ...} for supernets).
     save_dtype: dtype of the written weights (e.g. torch.float16 to ship a smaller checkpoint).
     """
@@ -134,79 +148,51 @@ def train_transformer(model_cfg: ModelConfig, tokenizer: Tokenizer, cfg: TrainCo
         model.load_state_dict(init_from.state_dict())
     else:
         model.init_weights()
-    params = list(trainable(model)) if trainable is not None else list(model.parameters())
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
+    params = freeze_except(model, trainable(model) if trainable is not None else model.parameters())
     ddp = ctx.wrap(model)
-    opt = make_optimizer(params, cfg)
-    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
+    ema = EMA(model, cfg.ema_decay, params) if cfg.ema_decay else None
     L = model_cfg.transformer.num_tokens
     weight_L = (torch.full((L,), 1.0 / L) if loss_weight_L is None else loss_weight_L / loss_weight_L.sum())
     weight_L = weight_L.to(ctx.device)
     fingerprint = run_fingerprint(cfg, ctx.world_size, model=model_cfg.to_dict(), augment_copies=augment_copies,
                                   label_smoothing=label_smoothing,
                                   plan=plan if is_dataclass(plan) else type(plan).__name__ if plan else None,
+                                  trainable=trainable_fingerprint(model, params),
+                                  loss_weights=None if loss_weight_L is None else [round(float(w), 8) for w in weight_L],
                                   **({"distill": distill, "teacher": teacher is not None} if distill else {}))
     if teacher is not None:
         teacher = teacher.to(ctx.device).eval().requires_grad_(False)
-    step, _ = load_state(out, fingerprint, model, opt, ema)
-    if ema is not None and step == 0:
-        ema.shadow.load_state_dict(model.state_dict())
 
     tokens, labels = tokenize_dataset(tokenizer, dataset, augment_copies, progress=progress and ctx.is_main)
     held = tokenize_dataset(tokenizer, heldout) if heldout is not None else None
-    train_log, eval_log = MetricsLog(out, "train", ctx.is_main), MetricsLog(out, "eval", ctx.is_main)
-    batches = token_batches(len(tokens), cfg, ctx, step)
-    from tqdm import tqdm
+    batches: list[Iterator[torch.Tensor]] = []  # started at the first step run (after a resume)
 
-    bar = tqdm(total=cfg.steps, initial=step, desc="transformer", disable=not (progress and ctx.is_main))
-    while step < cfg.steps:
-        model.train()
-        idx = next(batches)
+    def step_loss(step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if not batches:
+            batches.append(token_batches(len(tokens), cfg, ctx, step))
+        idx = next(batches[0])
         t, y = tokens[idx].to(ctx.device), labels[idx].to(ctx.device)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
         block_tokens = plan.block_tokens(step) if plan is not None else None
         x = tokenizer.teacher_input(t)
         y = model.drop_labels(y)  # once, so that a teacher sees the same labels
         logits = ddp(y, x, block_tokens, drop_labels=False)
         loss = token_loss(logits, t, weight_L, label_smoothing)
+        if distill is None:
+            return loss, {}
         soft = loss.new_zeros(())
-        if distill is not None and distill.weight > 0 and (teacher is not None or block_tokens is not None):
+        if distill.weight > 0 and (teacher is not None or block_tokens is not None):
             with torch.no_grad():
                 target = (teacher or model)(y, x, None, drop_labels=False)
             soft = distill_loss(logits, target, weight_L, distill.temperature)
             loss = (1 - distill.weight) * loss + distill.weight * soft
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip else torch.zeros(())
-        opt.step()
-        if ema is not None:
-            ema.update(model, step)
-        step += 1
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            row = {"step": step, "loss": ctx.mean(loss.detach()).item(), "grad_norm": float(grad_norm),
-                   "lr": lr_at(step - 1, cfg)}
-            if distill is not None:
-                row["distill"] = ctx.mean(soft.detach()).item()
-            train_log.write(row)
-            bar.set_postfix(loss=f"{row['loss']:.3f}")
-        final_model = ema.shadow if ema is not None else model
-        if ctx.is_main and (step % cfg.eval_every == 0 or step == cfg.steps):
-            row = {"step": step}
-            if held is not None:
-                row.update(evaluate_tokens(final_model, tokenizer, *held))
-            eval_log.write(row)
-            sample_grid(final_model, tokenizer, out / f"samples_{step:06d}.png")
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            if ctx.is_main:
-                save_state(out, step=step, fingerprint=fingerprint, model=model, optimizer=opt, ema=ema)
-            ctx.barrier()
-    bar.close()
-    final_model = (ema.shadow if ema is not None else model).eval()
+        return loss, {"distill": soft}
+
+    run_loop(model, params, step_loss, cfg, ctx, fingerprint=fingerprint, state_dir=out, log_dir=out,
+             name="transformer", ema=ema, callbacks=[_TransformerEval(tokenizer, held, out), *callbacks],
+             progress=progress)
+    if ema is not None:
+        ema.copy_to(model)
+    final_model = model.eval()
     if ctx.is_main:
         save_pretrained(out, model_cfg, {"tokenizer": tokenizer, "transformer": final_model}, extra_config,
                         save_dtype)

@@ -1,15 +1,17 @@
-"""Shared training machinery: config, LR schedule, EMA, torchrun/DDP context, resumable state, metrics."""
+"""Shared training machinery: config, LR schedule, EMA, torchrun/DDP context, resumable state, metrics,
+and the one optimisation loop (`run_loop`) every trainer runs on."""
 from __future__ import annotations
 
-import copy
 import csv
+import hashlib
 import json
 import math
 import os
 import random
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -67,21 +69,50 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 class EMA:
-    """Exponential moving average of a module's parameters (buffers follow the module)."""
+    """Exponential moving average of a module's trainable parameters (frozen ones are never copied)."""
 
-    def __init__(self, module: nn.Module, decay: float):
+    def __init__(self, module: nn.Module, decay: float, params: Iterable[nn.Parameter] | None = None):
         self.decay = decay
-        self.shadow = copy.deepcopy(module).eval()
-        for p in self.shadow.parameters():
-            p.requires_grad_(False)
+        chosen = None if params is None else {id(p) for p in params}
+        self.names = [n for n, p in module.named_parameters() if chosen is None or id(p) in chosen]
+        own = dict(module.named_parameters())
+        self.shadow = {n: own[n].detach().clone() for n in self.names}
 
     @torch.no_grad()
     def update(self, module: nn.Module, step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))  # short warm-up of the average
-        for s, m in zip(self.shadow.parameters(), module.parameters()):
-            s.lerp_(m.detach(), 1 - d)
-        for s, m in zip(self.shadow.buffers(), module.buffers()):  # buffers are copied, not averaged
-            s.copy_(m)
+        own = dict(module.named_parameters())
+        for n in self.names:
+            self.shadow[n].lerp_(own[n].detach(), 1 - d)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.shadow)
+
+    def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        if set(sd) != set(self.names):
+            raise CheckpointError("the saved EMA covers other parameters than this run trains")
+        for n in self.names:
+            self.shadow[n].copy_(sd[n])
+
+    @torch.no_grad()
+    def copy_to(self, module: nn.Module) -> None:
+        """Write the averages into `module` (for the final weights)."""
+        own = dict(module.named_parameters())
+        for n in self.names:
+            own[n].copy_(self.shadow[n])
+
+    @contextmanager
+    def applied(self, module: nn.Module) -> Iterator[nn.Module]:
+        """`module` with the averages in place of its trained values; restored exactly on exit."""
+        own = dict(module.named_parameters())
+        saved = {n: own[n].detach().clone() for n in self.names}
+        self.copy_to(module)
+        try:
+            yield module
+        finally:
+            with torch.no_grad():
+                for n in self.names:
+                    own[n].copy_(saved[n])
 
 
 class DistContext:
@@ -189,7 +220,7 @@ def save_state(out_dir: str | Path, *, step: int, fingerprint: dict[str, Any], m
         "fingerprint": json.dumps(fingerprint, sort_keys=True),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "ema": ema.shadow.state_dict() if ema is not None else {},
+        "ema": ema.state_dict() if ema is not None else {},
         "rng_cpu": torch.get_rng_state(),
         "extra": dict(extra or {}),
     }
@@ -217,7 +248,7 @@ def load_state(out_dir: str | Path, fingerprint: dict[str, Any], model: nn.Modul
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if ema is not None and state["ema"]:
-        ema.shadow.load_state_dict(state["ema"])
+        ema.load_state_dict(state["ema"])
     torch.set_rng_state(state["rng_cpu"])
     return int(state["step"]), state.get("extra", {})
 
@@ -262,3 +293,111 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     no_decay = [p for p in params if p.ndim < 2]
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
+
+
+# ----------------------------------------------------------------------------- the loop
+def freeze_except(model: nn.Module, params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
+    """Make `params` the only parameters of `model` that take gradients; returns them as a list."""
+    params = list(params)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def trainable_fingerprint(model: nn.Module, params: Sequence[nn.Parameter]) -> dict[str, Any]:
+    """Which parameters a run trains, for the resume fingerprint: their count and a hash of their names."""
+    chosen = {id(p) for p in params}
+    names = [n for n, p in model.named_parameters() if id(p) in chosen]
+    shapes = [list(p.shape) for n, p in model.named_parameters() if id(p) in chosen]
+    digest = hashlib.sha1(json.dumps([names, shapes]).encode()).hexdigest()[:16]
+    return {"tensors": len(names), "numel": sum(p.numel() for p in params), "names_sha1": digest}
+
+
+class Callback:
+    """Hooks into `run_loop`; override what you need (each method is a no-op here)."""
+
+    def after_step(self, step: int) -> bool:
+        """After the optimizer step (`step` counts finished steps); True ends the run early."""
+        return False
+
+    def on_log(self, step: int, row: dict[str, Any]) -> None:
+        """Add entries to the train log row before it is written (every log_every steps)."""
+
+    def on_eval(self, step: int, model: nn.Module) -> dict[str, Any] | None:
+        """Main process, every eval_every steps and at the end, with the evaluated (EMA) weights in `model`;
+        a returned dict joins the eval log."""
+        return None
+
+
+# one step's loss and extra scalars for the log, given the step index
+StepLoss = Callable[[int], "tuple[torch.Tensor, dict[str, torch.Tensor | float]]"]
+
+
+def run_loop(model: nn.Module, params: Sequence[nn.Parameter], step_loss: StepLoss, cfg: TrainConfig,
+             ctx: DistContext, *, fingerprint: dict[str, Any], state_dir: str | Path | None,
+             log_dir: str | Path | None = None, name: str = "train", ema: EMA | None = None,
+             callbacks: Sequence[Callback] = (), grad_clip: float | None = None, progress: bool = True) -> int:
+    """AdamW on `params` (the LR schedule of `cfg`) minimising `step_loss(step)` until cfg.steps; returns the
+    last step run (earlier when a callback stops the run).
+
+    state_dir: where the resumable state lives (resumed when its fingerprint matches; None: not resumable).
+    log_dir: where train/eval metrics go (None: not logged). grad_clip overrides cfg.grad_clip (0: off).
+    With `ema`, evaluation sees the averaged weights; the caller writes them into the model at the end.
+    Under torchrun, callbacks must stop (after_step -> True) on the same step in every process.
+    """
+    opt = make_optimizer(params, cfg)
+    step = load_state(state_dir, fingerprint, model, opt, ema)[0] if state_dir is not None else 0
+    enabled = ctx.is_main and log_dir is not None
+    train_log = MetricsLog(log_dir or ".", "train", enabled)
+    eval_log = MetricsLog(log_dir or ".", "eval", enabled)
+    clip = cfg.grad_clip if grad_clip is None else grad_clip
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=step, desc=name, disable=not (progress and ctx.is_main))
+    while step < cfg.steps:
+        model.train()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        loss, extra = step_loss(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip) if clip else None
+        opt.step()
+        if ema is not None:
+            ema.update(model, step)
+        step += 1
+        stop = any([cb.after_step(step) for cb in callbacks])  # every callback sees every step
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps or stop:
+            row: dict[str, Any] = {"step": step, "loss": ctx.mean(loss.detach()).item(), "lr": lr_at(step - 1, cfg)}
+            if grad_norm is not None:
+                row["grad_norm"] = float(grad_norm)
+            row.update({k: ctx.mean(v.detach()).item() if isinstance(v, torch.Tensor) else v for k, v in extra.items()})
+            for cb in callbacks:
+                cb.on_log(step, row)
+            train_log.write(row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+        if ctx.is_main and callbacks and (step % cfg.eval_every == 0 or step == cfg.steps or stop):
+            row = {"step": step}
+            with ema.applied(model) if ema is not None else _same(model):
+                model.eval()
+                for cb in callbacks:
+                    row.update(cb.on_eval(step, model) or {})
+            if len(row) > 1:
+                eval_log.write(row)
+        if state_dir is not None and (step % cfg.ckpt_every == 0 or step == cfg.steps or stop):
+            if ctx.is_main:
+                save_state(state_dir, step=step, fingerprint=fingerprint, model=model, optimizer=opt, ema=ema)
+            ctx.barrier()
+        if stop:
+            break
+    bar.close()
+    model.eval()
+    return step
+
+
+@contextmanager
+def _same(model: nn.Module) -> Iterator[nn.Module]:
+    yield model

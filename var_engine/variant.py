@@ -4,6 +4,8 @@ A subnet of depth d keeps the equidistant layers floor(i * (D - 1) / (d - 1)), i
 and last always in). A `DepthPlan` runs the full network for the first `switch_scale` scales and
 the subnet after; the same plan drives sampling (`layers(scale_index)`) and exact teacher-forced
 training (`block_tokens()`: layers outside the subnet process only the full-depth scales' tokens).
+A `finish_scale` returns to full depth for the last scales (a search explores wide on the subnet and
+finishes its survivors at full depth; the sampler recomputes the skipped layers' caches first).
 """
 from __future__ import annotations
 
@@ -25,18 +27,23 @@ def subnet_layers(D: int, d: int) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class DepthPlan:
-    """Full depth for scales [0, switch_scale), the depth-`depth` subnet for the rest."""
+    """Full depth for scales [0, switch_scale), the depth-`depth` subnet for the rest, or only up to
+    `finish_scale` and full depth again from there (sampling only: the sampler refills the caches)."""
 
     total_depth: int
     depth: int
     switch_scale: int
     patch_nums: tuple[int, ...]
+    finish_scale: int | None = None
 
     def __post_init__(self) -> None:
         K = len(self.patch_nums)
         subnet_layers(self.total_depth, self.depth)  # validates depth
         if not 1 <= self.switch_scale <= K:
             raise ConfigError(f"switch scale must be in [1, {K}], got {self.switch_scale}")
+        if self.finish_scale is not None and not self.switch_scale < self.finish_scale < K:
+            raise ConfigError(f"finish scale must be in [{self.switch_scale + 1}, {K - 1}] (after the switch "
+                              f"scale {self.switch_scale}, before the end), got {self.finish_scale}")
 
     @property
     def subnet(self) -> tuple[int, ...]:
@@ -45,6 +52,8 @@ class DepthPlan:
     def layers(self, scale_index: int) -> Sequence[int] | None:
         """Blocks to run at `scale_index` (None: all) - the sampler's LayerPlan."""
         if scale_index < self.switch_scale or self.depth == self.total_depth:
+            return None
+        if self.finish_scale is not None and scale_index >= self.finish_scale:
             return None
         return self.subnet
 
@@ -56,13 +65,17 @@ class DepthPlan:
 
     def block_tokens(self) -> list[int]:
         """Per block, how many leading tokens it processes in the teacher-forced forward."""
+        if self.finish_scale is not None:
+            raise ConfigError("a plan that finishes at full depth is for sampling; train with switch-only plans")
         total = sum(p * p for p in self.patch_nums)
         keep = set(self.subnet)
         return [total if (i in keep or self.depth == self.total_depth) else self.switch_tokens
                 for i in range(self.total_depth)]
 
     def kv_entries(self) -> int:
-        """Cached token-layer entries per image: (D - d) * T_switch + d * T_total."""
+        """Cached token-layer entries per image: (D - d) * T_switch + d * T_total (D * T_total when finishing)."""
+        if self.finish_scale is not None:
+            return self.total_depth * sum(p * p for p in self.patch_nums)
         return sum(self.block_tokens())
 
 

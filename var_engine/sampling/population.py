@@ -20,14 +20,17 @@ from ..transformer import Conditioning
 Decoder = Callable[[torch.Tensor], torch.Tensor]  # f_hat (B, C, h, w) -> images (B, 3, H, W) in [0, 1]
 
 
-def forked_generator(parent: torch.Generator, copy: int, scale_index: int) -> torch.Generator:
-    """A new random stream for copy `copy` (>= 1) of a sample duplicated after `scale_index`.
+def forked_generator(parent: torch.Generator, copy: int, scale_index: int, selection: int = 0) -> torch.Generator:
+    """A new random stream for copy `copy` (>= 1) of a sample duplicated after `scale_index`, in the
+    scale's `selection`-th select (0: the first).
 
     Derived from the parent's seed and state without drawing from it, so the parent's own stream
-    (copy 0) is unchanged and a run stays reproducible for a seed.
+    (copy 0) is unchanged and a run stays reproducible for a seed; a second select in the same scale
+    forks other streams than the first.
     """
+    tag = f"{copy}:{scale_index}" if selection == 0 else f"{copy}:{scale_index}:{selection}"
     digest = hashlib.blake2b(parent.get_state().numpy().tobytes(), digest_size=8,
-                             person=f"{copy}:{scale_index}".encode()[:16]).digest()
+                             person=tag.encode()[:16]).digest()
     child = torch.Generator(device=parent.device)
     child.manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
     return child
@@ -63,10 +66,13 @@ class Population:
     next_map: torch.Tensor | None = None  # (B, C, pn', pn'): the next scale's input latent
     scores: dict[int, torch.Tensor] = field(default_factory=dict)  # scale_index -> (B,) recorded scores
     decoder: Decoder | None = None
+    inputs: list[torch.Tensor] | None = None  # per scale k >= 1, its input latent (kept only when asked)
     decode_count: int = 0  # images decoded for hooks in this call
     decode_seconds: float = 0.0
     next_lineage: int = 0
     selections: int = 0  # select() calls so far
+    selections_this_scale: int = 0
+    cache_in_use: bool = True  # False after the last scale: a select then leaves the KV cache alone
     _images: torch.Tensor | None = None  # decoded f_hat, kept until f_hat changes
 
     def __post_init__(self) -> None:
@@ -91,6 +97,9 @@ class Population:
         """Record a newly drawn scale (the sampler calls this once per scale)."""
         self.drawn.append(idx_Bl)
         self.logits, self.f_hat, self.next_map = logits_BlV, f_hat, next_map
+        self.selections_this_scale = 0
+        if self.inputs is not None and next_map is not None:
+            self.inputs.append(next_map)
         self._images = None
 
     def images(self) -> torch.Tensor:
@@ -152,7 +161,8 @@ class Population:
                 if c == 0:
                     gens.append(parent)
                 else:
-                    gens.append(forked_generator(parent, c, self.scale_index) if fork_streams
+                    gens.append(forked_generator(parent, c, self.scale_index, self.selections_this_scale)
+                                if fork_streams
                                 else cloned_generator(parent))
             self.generators = gens
         lineage = self.lineage.index_select(0, idx).clone()
@@ -162,12 +172,17 @@ class Population:
                 self.next_lineage += 1
         rows = torch.cat([idx + h * self.batch for h in range(self.halves)])
         self.cond = self.cond.index_select(rows)
-        self.cache.reindex(idx)
+        if self.cache_in_use:
+            self.cache.reindex(idx)
+        else:
+            self.cache.batch = n
         self.labels = self.labels.index_select(0, idx)
         self.group = self.group.index_select(0, idx)
         self.lineage = lineage
         self.f_hat = self.f_hat.index_select(0, idx)
         self.drawn = [d.index_select(0, idx) for d in self.drawn]
+        if self.inputs is not None:
+            self.inputs = [m.index_select(0, idx) for m in self.inputs]
         self.scores = {s: v.index_select(0, idx) for s, v in self.scores.items()}
         if self.logits is not None:
             self.logits = self.logits.index_select(0, idx)
@@ -175,3 +190,4 @@ class Population:
             self.next_map = self.next_map.index_select(0, idx)
         if self._images is not None:
             self._images = self._images.index_select(0, idx)
+        self.selections_this_scale += 1

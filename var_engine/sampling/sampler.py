@@ -18,6 +18,7 @@ from ..cache import KVCache
 from ..config import SamplingConfig
 from ..tokenizer.quantizer import MultiScaleQuantizer
 from ..transformer import VARTransformer
+from .forcing import ForceStep, TokenForcer
 from .logits import Generators, cfg_mix, filter_and_draw, guidance_scale, gumbel_smooth
 from .population import Decoder, Population
 from .runners import CacheSpec, EagerRunner
@@ -86,6 +87,7 @@ class ScaleStats:
     layers: int  # blocks run at this scale
     hook_seconds: float = 0.0  # time spent in hooks (decodes included)
     selected: int | None = None  # population after the hooks (None: unchanged)
+    refilled: int = 0  # samples whose earlier scales were re-run at full depth before this scale
 
 
 @dataclass
@@ -104,24 +106,37 @@ class SampleResult:
     images: torch.Tensor | None = None  # the final images in [0, 1] if a hook decoded them (else None)
 
 
-def last_run_scales(plan: LayerPlan | None, depth: int, num_scales: int) -> list[int]:
-    """For each layer, the last scale index at which the plan runs it (-1: never).
+def runs_layer(plan: LayerPlan | None, scale_index: int, layer: int) -> bool:
+    layers = None if plan is None else plan(scale_index)
+    return layers is None or layer in layers
 
-    A plan must never run a layer again after skipping it (its cache would have a hole).
-    """
+
+def last_run_scales(plan: LayerPlan | None, depth: int, num_scales: int) -> list[int]:
+    """For each layer, the last scale index at which the plan runs it (-1: never)."""
     last = [-1] * depth
     for layer in range(depth):
-        stopped = False
         for si in range(num_scales):
-            layers = None if plan is None else plan(si)
-            runs = layers is None or layer in layers
-            if runs and stopped:
-                raise ValueError(f"layer plan runs layer {layer} at scale {si} after skipping it")
-            if runs:
+            if runs_layer(plan, si, layer):
                 last[layer] = si
-            else:
-                stopped = True
     return last
+
+
+def refill_scales(plan: LayerPlan | None, depth: int, num_scales: int) -> list[int]:
+    """Scales before which the sampler recomputes every layer's cache over the earlier scales, at full
+    depth: those where a layer runs again after the plan skipped it (its cache would have a hole).
+
+    Such plans must run every layer from there on (a refill needs the full network's prefix).
+    """
+    refills = []
+    for si in range(1, num_scales):
+        resumed = [layer for layer in range(depth) if runs_layer(plan, si, layer)
+                   and not runs_layer(plan, si - 1, layer)]
+        if resumed:
+            if any(not runs_layer(plan, k, layer) for k in range(si, num_scales) for layer in range(depth)):
+                raise ValueError(f"layer plan resumes layers {resumed} at scale {si} but skips layers then; "
+                                 "a plan may return to full depth only for good")
+            refills.append(si)
+    return refills
 
 
 def layer_capacities(last_run: Sequence[int], scale_ends: Sequence[int],
@@ -143,6 +158,23 @@ def layer_capacities(last_run: Sequence[int], scale_ends: Sequence[int],
     return caps
 
 
+def refill_prefix(transformer: VARTransformer, runner: EagerRunner, pop: Population, capacities: Sequence[int],
+                  scale_index: int) -> None:
+    """Re-run scales [0, scale_index) of the population at full depth from their recorded inputs, so
+    every layer's cache holds the full network's keys/values (released layers are allocated anew,
+    for the current population only)."""
+    cache = pop.cache
+    for layer in sorted(cache.released):
+        cache.allocate(layer, capacities[layer])
+    x = transformer.first_input(pop.cond)
+    for k in range(scale_index):
+        if k > 0:
+            x = transformer.scale_input(pop.inputs[k - 1], k)
+            if pop.halves == 2:
+                x = x.repeat(2, 1, 1)
+        runner.step(transformer, x, k, pop.cond, cache, None)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -153,7 +185,8 @@ def sample(transformer: VARTransformer, quantizer: MultiScaleQuantizer, labels_B
            settings: SamplingConfig, *, generator: Generators = None,
            layer_plan: LayerPlan | None = None, hooks: Sequence[ScaleHook] = (),
            transient_last_scale: bool = False, runner: EagerRunner | None = None,
-           groups: torch.Tensor | None = None, decoder: Decoder | None = None) -> SampleResult:
+           groups: torch.Tensor | None = None, decoder: Decoder | None = None,
+           forcer: TokenForcer | None = None) -> SampleResult:
     """Sample token maps for `labels_B` scale by scale; returns tokens and the final f_hat.
 
     Parity with the release (settings.draw == "release"): the same generator draws one
@@ -165,6 +198,7 @@ def sample(transformer: VARTransformer, quantizer: MultiScaleQuantizer, labels_B
     less peak KV memory. runner: how each scale step executes (eager by default; compiled or CUDA
     graphs, see runners). groups: (B,) request id of each sample (default: its position).
     decoder: f_hat -> images in [0, 1], for hooks that ask for partial images (`ScaleStep.decode`).
+    forcer: replaces drawn tokens/embeddings at each scale before they enter f_hat (e.g. editing).
     Under torch.autocast the cache holds keys/values in the autocast dtype.
     """
     if isinstance(generator, Sequence) and len(generator) != labels_B.shape[0]:
@@ -184,24 +218,30 @@ def sample(transformer: VARTransformer, quantizer: MultiScaleQuantizer, labels_B
     rows = torch.cat((labels_B, torch.full_like(labels_B, cfg_t.num_classes))) if guided else labels_B
     cond = transformer.condition(rows)
     last_run = last_run_scales(layer_plan, cfg_t.depth, K)
+    refills = refill_scales(layer_plan, cfg_t.depth, K)
     runner = runner or EagerRunner()
     kv_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else cond.cond_BD.dtype
     capacities = layer_capacities(last_run, [e for _, e in ranges], transient_last_scale)
     cache: KVCache = runner.new_cache(CacheSpec(B, cfg_t.num_heads, cfg_t.head_dim, tuple(capacities), halves,
                                                 kv_dtype, device, transient_last_scale))
+    if refills and cache.static:
+        raise ValueError(f"the {runner.name} runner keeps static caches; a plan that returns to full depth "
+                         "needs the eager runner")
     H = patch_nums[-1]
     arange = torch.arange(B, device=device)
     pop = Population(labels=labels_B, cond=cond, cache=cache, halves=halves,
                      f_hat=cond.cond_BD.new_zeros(B, cfg_t.z_channels, H, H),
                      generators=list(generator) if isinstance(generator, Sequence) else generator,
                      group=arange.clone() if groups is None else groups.to(device=device, dtype=torch.long),
-                     lineage=arange, decoder=decoder)
+                     lineage=arange, decoder=decoder, inputs=[] if refills else None)
     x = transformer.first_input(cond)
     per_scale: list[ScaleStats] = []
     for si, pn in enumerate(patch_nums):
         ts = time.perf_counter()
         batch = pop.batch
         layers = None if layer_plan is None else layer_plan(si)
+        if si in refills:
+            refill_prefix(transformer, runner, pop, capacities, si)
         logits = runner.step(transformer, x, si, pop.cond, cache, layers)
         ratio = si / (K - 1)
         if guided:
@@ -213,6 +253,8 @@ def sample(transformer: VARTransformer, quantizer: MultiScaleQuantizer, labels_B
             h_BChw = h.transpose(1, 2).reshape(-1, cfg_t.z_channels, pn, pn)
         else:
             h_BChw = quantizer.embed(idx_Bl, pn)
+        if forcer is not None:
+            idx_Bl, h_BChw = forcer.force(ForceStep(si, pn, pop, idx_Bl, h_BChw))
         f_hat = pop.f_hat.clone()  # hooks may hold the previous f_hat: never change it in place
         next_map = quantizer.next_scale_input(si, f_hat, h_BChw)
         pop.advance(idx_Bl, logits, f_hat, next_map if si + 1 < K else None)
@@ -220,6 +262,7 @@ def sample(transformer: VARTransformer, quantizer: MultiScaleQuantizer, labels_B
         if hooks:
             _sync(device)  # the scale's own kernels are not hook time
             th, selections = time.perf_counter(), pop.selections
+            pop.cache_in_use = si + 1 < K  # after the last scale a selection needs no cache gather
             step = ScaleStep(si, K, pop)
             for hook in hooks:
                 keep = hook.after_scale(step)
@@ -229,14 +272,16 @@ def sample(transformer: VARTransformer, quantizer: MultiScaleQuantizer, labels_B
             hook_seconds = time.perf_counter() - th
             selected = pop.batch if pop.selections != selections else None
         if si + 1 < K:
-            # release caches of layers no later scale runs
-            cache.release(layer for layer, last in enumerate(last_run) if last == si)
+            # release caches of layers the next scale does not run (refilled if a later scale does)
+            cache.release(layer for layer in range(cfg_t.depth)
+                          if runs_layer(layer_plan, si, layer) and not runs_layer(layer_plan, si + 1, layer))
             x = transformer.scale_input(pop.next_map, si + 1)
             if guided:
                 x = x.repeat(2, 1, 1)
         _sync(device)
         per_scale.append(ScaleStats(si, pn, batch, batch * pn * pn, time.perf_counter() - ts, cache.nbytes(),
-                                    cfg_t.depth if layers is None else len(layers), hook_seconds, selected))
+                                    cfg_t.depth if layers is None else len(layers), hook_seconds, selected,
+                                    batch if si in refills else 0))
     return SampleResult(pop.tokens, pop.f_hat, pop.labels, per_scale, cache.peak_bytes, time.perf_counter() - t0,
                         group=pop.group, lineage=pop.lineage, scores=pop.scores, decodes=pop.decode_count,
                         decode_seconds=pop.decode_seconds, images=pop.cached_images())

@@ -8,8 +8,10 @@ from .latent import (LatentClassifier, LatentClassifierConfig, LatentFeatures, L
 from .rewards import ClassifierReward, EvaluatorFeatures, FeatureExtractor, Reward, evaluator_reward, layout_signature
 from .schedule import Schedule, schedule_for_budget, shaped_schedule
 from .selection import POTENTIALS, potential, resample, resampling_weights
-from .strategy import (SEARCH_MODES, BestOfNConfig, SearchHook, SearchPlan, SearchTrace, Selection, TTSConfig,
-                       plan_search)
+from .configs import SEARCH_MODES, BestOfNConfig, TTSConfig
+from .hook import SearchHook
+from .plan import SearchPlan, plan_search
+from .trace import SearchTrace, Selection
 
 __all__ = ["POTENTIALS", "SEARCH_MODES", "BestOfNConfig", "ClassifierReward", "EvaluatorFeatures", "FeatureExtractor",
            "Reward", "Schedule", "SearchHook", "SearchPlan", "SearchTrace", "Selection", "TTSConfig", "evaluator_reward",

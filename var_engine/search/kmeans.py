@@ -16,11 +16,9 @@ def kmeans(x: torch.Tensor, k: int, generator: torch.Generator | None = None, re
         centres = _plus_plus(x, k, generator)
         for _ in range(iterations):
             assign = torch.cdist(x, centres).argmin(1)
-            moved = centres.clone()
-            for j in range(k):
-                members = x[assign == j]
-                if members.shape[0]:
-                    moved[j] = members.mean(0)
+            counts = torch.bincount(assign, minlength=k).unsqueeze(1)  # (k, 1)
+            sums = torch.zeros_like(centres).index_add_(0, assign, x)
+            moved = torch.where(counts > 0, sums / counts.clamp_min(1), centres)  # an empty cluster stays put
             if torch.equal(moved, centres):
                 break
             centres = moved

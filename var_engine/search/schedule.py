@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -13,21 +14,23 @@ from .compute import run_cost
 # default model's measurements (bench/search.py); for 7 scales: cluster after 1, 2, resample after 4, 5.
 CLUSTER_AT = (0.17, 0.35)
 RESAMPLE_AT = (0.67, 0.83)
-# Population after each selection, relative to the first (TTS-VAR's 8 -> 6 -> 4 -> 2 -> 1).
-LEVELS = (8, 6, 4, 2, 1)
+# Population after each selection, relative to the first. TTS-VAR's 8 -> 6 -> 4 -> 2 -> 1 leaves the final pick
+# few candidates; keeping 4 to the end measured better on the default model at budgets 2 and 4 (bench/search.py).
+LEVELS = (8, 8, 6, 4, 4)
 DEFAULT_BUDGET = 4.0  # plain full-depth samples of transformer compute per request
 
 
 def check_budget(budget: float) -> float:
     """`budget` as given; ConfigError unless it is a finite number > 0."""
-    if not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not math.isfinite(budget) or budget <= 0:
         raise ConfigError(f"budget must be a finite number > 0, got {budget!r}")
     return budget
 
 
-def one_sample_cost(budget: float, cfg: TransformerConfig, layers: Sequence[int] | None = None) -> float:
+def one_sample_cost(budget: float, cfg: TransformerConfig, layers: Sequence[int] | None = None,
+                    refills: Sequence[int] = ()) -> float:
     """Compute of one sample with these layers per scale; ConfigError when `budget` buys less than that."""
-    one = run_cost(cfg, (1,) * cfg.num_scales, layers)
+    one = Schedule((1,) * cfg.num_scales).cost(cfg, layers, refills)
     if budget < one - 1e-9:
         raise ConfigError(f"budget {budget:g} is below one sample with this depth plan "
                           f"({one:.3f} plain-sample units)")
@@ -61,9 +64,10 @@ class Schedule:
         """The population per request that continues after scale `scale_index` (the last: the final pick)."""
         return self.batches[scale_index + 1] if scale_index + 1 < len(self.batches) else 1
 
-    def cost(self, cfg: TransformerConfig, layers: Sequence[int] | None = None) -> float:
-        """Transformer compute per request in plain full-depth sample units."""
-        return run_cost(cfg, self.batches, layers)
+    def cost(self, cfg: TransformerConfig, layers: Sequence[int] | None = None, refills: Sequence[int] = ()) -> float:
+        """Transformer compute per request in plain full-depth sample units (refills: scales before which
+        the population's earlier scales are re-run at full depth)."""
+        return run_cost(cfg, self.batches, layers, [b if k in refills else 0 for k, b in enumerate(self.batches)])
 
 
 def shaped_schedule(selection_scales: Sequence[int], num_scales: int, scale: float,
@@ -81,20 +85,21 @@ def shaped_schedule(selection_scales: Sequence[int], num_scales: int, scale: flo
 
 
 def schedule_for_budget(budget: float, cfg: TransformerConfig, selection_scales: Sequence[int],
-                        layers: Sequence[int] | None = None, levels: Sequence[int] = LEVELS) -> Schedule:
+                        layers: Sequence[int] | None = None, levels: Sequence[int] = LEVELS,
+                        refills: Sequence[int] = ()) -> Schedule:
     """The largest shaped schedule whose transformer compute is at most `budget` plain samples."""
-    one_sample_cost(check_budget(budget), cfg, layers)
+    one_sample_cost(check_budget(budget), cfg, layers, refills)
     smallest = Schedule((1,) * cfg.num_scales)
     lo, hi = 0.0, 1.0
-    while shaped_schedule(selection_scales, cfg.num_scales, hi, levels).cost(cfg, layers) <= budget:
+    while shaped_schedule(selection_scales, cfg.num_scales, hi, levels).cost(cfg, layers, refills) <= budget:
         lo, hi = hi, hi * 2
         if hi > 1e6:
             break
     for _ in range(50):
         mid = (lo + hi) / 2
-        if shaped_schedule(selection_scales, cfg.num_scales, mid, levels).cost(cfg, layers) <= budget:
+        if shaped_schedule(selection_scales, cfg.num_scales, mid, levels).cost(cfg, layers, refills) <= budget:
             lo = mid
         else:
             hi = mid
     best = shaped_schedule(selection_scales, cfg.num_scales, lo, levels)
-    return best if best.cost(cfg, layers) <= budget + 1e-9 else smallest
+    return best if best.cost(cfg, layers, refills) <= budget + 1e-9 else smallest
