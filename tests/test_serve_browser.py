@@ -44,10 +44,12 @@ def test_pick_a_class_generate_and_screenshot(url, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.on("request", lambda r: hosts.add(urlparse(r.url).hostname) if r.url.startswith("http") else None)
-            page.goto(url, wait_until="networkidle", timeout=60_000)
+            # the page holds a heartbeat stream open (per-session state), so wait for the app, not network idle
+            page.goto(url, wait_until="load", timeout=60_000)
+            page.locator("#generate").wait_for(timeout=60_000)
             page.locator("#class input").click()
             page.get_by_role("option", name="7", exact=True).click()
-            page.get_by_role("button", name="Generate").click()
+            page.get_by_role("button", name="Generate", exact=True).click()
             images = page.locator("#gallery img")
             sync_api.expect(images).to_have_count(8, timeout=60_000)
             previews = page.locator("#previews img")
@@ -61,6 +63,10 @@ def test_pick_a_class_generate_and_screenshot(url, tmp_path):
             assert shot.stat().st_size > 5_000
             if os.environ.get("VAR_ENGINE_SCREENSHOT"):
                 shutil.copy(shot, os.environ["VAR_ENGINE_SCREENSHOT"])
+            page.get_by_role("tab", name="Edit").click()  # the other tabs render their controls
+            sync_api.expect(page.locator("#editor canvas").first).to_be_visible(timeout=30_000)
+            page.get_by_role("tab", name="Subject").click()
+            sync_api.expect(page.get_by_role("button", name="Tune", exact=True)).to_be_visible(timeout=30_000)
         finally:
             browser.close()
     assert hosts == {"127.0.0.1"}, f"requests left the machine: {sorted(h for h in hosts if h)}"
