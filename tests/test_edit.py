@@ -133,11 +133,15 @@ def test_inpainting_without_class_and_several_results(pipe, digits):
     assert masked_psnr(out.images, images.repeat_interleave(2, 0), 1 - centre_box_mask(32, 0.4)).min() > 25
 
 
-def test_edit_with_search_and_depth_plan_keeps_forcing(pipe, digits):
+@pytest.mark.parametrize("plan", [dict(depth=4),
+                                  dict(depth=2, switch_scale=1, finish_scale=5, transient_last_scale=True)])
+def test_edit_with_search_and_depth_plan_keeps_forcing(pipe, digits, plan):
     images, labels, _ = digits
     mask = box_mask(32, 0, 0, 32, 16)  # top half regenerates
     plain = EditConfig(paste_back=False)
-    out = pipe.edit(images[:2], mask, [7, 1], seed=2, search="best_of_n", budget=2, depth=4, config=plain)
+    out = pipe.edit(images[:2], mask, [7, 1], seed=2, search="best_of_n", budget=2, config=plain, **plan)
+    if "finish_scale" in plan:  # the survivors' earlier (forced) scales were re-run at full depth
+        assert out.stats.per_scale[5].refilled > 0
     assert out.images.shape[0] == 2 and out.search is not None
     # the kept bottom half of the finest tokens is the forced one of each request's own image
     latent = pipe.tokenizer.encode_latent(images[:2] * 2 - 1)

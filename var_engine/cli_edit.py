@@ -50,7 +50,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
     plan = depth_plan_from_args(pipe, args, args.num)
     out = pipe.edit(image, mask, label, num=args.num, seed=args.seed, cfg=args.cfg, top_k=args.top_k,
                     top_p=args.top_p, more_smooth=args.more_smooth, layer_plan=plan, draw=args.draw,
-                    precision=args.precision, search=search, budget=budget, config=config)
+                    precision=args.precision, search=search, budget=budget, config=config,
+                    transient_last_scale=args.transient_last_scale)
     images = out.images.cpu()
     if args.num == 1:
         save_png(images[0], args.output)

@@ -474,7 +474,8 @@ class Pipeline:
     def edit(self, images: Any, mask: Any, labels: int | str | Iterable[int | str] | torch.Tensor | None = None, *,
              num: int = 1, seed: int | Sequence[int] | None = None, cfg: float = 1.5, top_k: int = 900,
              top_p: float = 0.96, more_smooth: bool = False, depth: int | None = None,
-             switch_scale: int | None = None, layer_plan: LayerPlan | None = None, precision: str = "fp32",
+             switch_scale: int | None = None, finish_scale: int | None = None,
+             layer_plan: LayerPlan | None = None, transient_last_scale: bool = False, precision: str = "fp32",
              draw: str = "release", search: str | TTSConfig | BestOfNConfig | None = None,
              budget: float | None = None, reward: Reward | str | None = None,
              config: EditConfig | None = None) -> GenerateOutput:
@@ -518,9 +519,10 @@ class Pipeline:
         forcer = EditForcer(self.tokenizer.quantize, latent, mask_t, config)
         prepare_seconds = time.perf_counter() - t0
         out = self.generate(labels_R.repeat_interleave(num), seed=seed, cfg=cfg, top_k=top_k, top_p=top_p,
-                            more_smooth=more_smooth, depth=depth, switch_scale=switch_scale, layer_plan=layer_plan,
-                            precision=precision, draw=draw, search=search, budget=budget, reward=reward,
-                            forcer=forcer)
+                            more_smooth=more_smooth, depth=depth, switch_scale=switch_scale,
+                            finish_scale=finish_scale, layer_plan=layer_plan,
+                            transient_last_scale=transient_last_scale, precision=precision, draw=draw,
+                            search=search, budget=budget, reward=reward, forcer=forcer)
         t1 = time.perf_counter()
         if config.paste_back and out.images is not None:
             out.images = paste_back(out.images, images_t, keep_alpha(mask_t, config.feather, config.feather_position))
