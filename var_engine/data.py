@@ -97,27 +97,52 @@ class DigitsDataset(Dataset):
 MAX_IMAGE_PIXELS = 40_000_000  # larger images are refused before they are decoded (decompression bombs)
 
 
+def has_alpha(im: Image.Image) -> bool:
+    return im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info)
+
+
+def flatten_alpha(im: Image.Image) -> Image.Image:
+    """The image as RGB, transparent parts composited onto white."""
+    if has_alpha(im):
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
+    return im.convert("RGB")
+
+
+def open_image(path: str | Path, what: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open and decode an image file, refusing non-images and images over `max_pixels` before decoding."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise InputError(f"{what} {path} is {w}x{h}: over the {max_pixels:,}-pixel limit")
+            im.load()
+            return im.copy()
+    except (UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as e:
+        raise InputError(f"{what} {path} is not a readable image file") from e
+    except OSError as e:
+        raise InputError(f"{what} {path} could not be decoded ({e})") from e
+
+
 def load_image_rgb(path: Path, size: int, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Open any PIL-readable image, convert grey/RGBA/palette to RGB, centre-crop and resize.
 
-    Raises InputError for an image of more than `max_pixels` pixels (checked before decoding).
+    Raises InputError for an image of more than `max_pixels` pixels (checked before decoding); PIL's errors
+    for unreadable files pass through (callers name the file in their own terms).
     """
     with Image.open(path) as im:
         if im.size[0] * im.size[1] > max_pixels:
             raise InputError(f"{path}: image of {im.size[0]}x{im.size[1]} pixels is larger than the "
                              f"{max_pixels:,}-pixel limit")
         im.load()
-        if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-            im = im.convert("RGBA")
-            canvas = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(canvas, im)
-        im = im.convert("RGB")
-        w, h = im.size
-        s = min(w, h)
-        im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-        im = im.resize((size, size), Image.Resampling.BICUBIC)
-        arr = np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0
-    return arr
+        im = flatten_alpha(im)
+    w, h = im.size
+    s = min(w, h)
+    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    im = im.resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0
 
 
 class ImageFolderDataset(Dataset):

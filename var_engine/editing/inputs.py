@@ -12,46 +12,26 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from ..data import MAX_IMAGE_PIXELS, flatten_alpha, has_alpha, open_image
 from ..errors import InputError
 from .masks import border_mask
 
 log = logging.getLogger(__name__)
 
-MAX_PIXELS = 40_000_000  # larger uploads are refused before decoding (decompression bombs)
 MIN_SIDE = 4  # smaller images cannot be resized sensibly
 MAX_ASPECT = 4.0  # longer/shorter side beyond this is refused rather than squashed
 
 
-def open_image(path: str | Path, what: str = "image") -> Image.Image:
-    """Open and decode an image file, refusing non-images and images over MAX_PIXELS before decoding."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} file not found: {path}")
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if w * h > MAX_PIXELS:
-                raise InputError(f"{what} {path} is {w}x{h}: over the {MAX_PIXELS:,}-pixel limit")
-            im.load()
-            return im.copy()
-    except (UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as e:
-        raise InputError(f"{what} {path} is not a readable image file") from e
-    except OSError as e:
-        raise InputError(f"{what} {path} could not be decoded ({e})") from e
-
-
 def _pil_to_array(im: Image.Image, mask: bool) -> np.ndarray:
     if mask:
-        if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+        if has_alpha(im):
             alpha = np.asarray(im.convert("RGBA"))[..., 3]
             if alpha.min() < 255:  # a transparent mask: the painted (opaque) pixels regenerate
                 return alpha.astype(np.float32) / 255.0
         return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
-    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    return np.asarray(flatten_alpha(im), dtype=np.float32) / 255.0
 
 
 def _as_float_array(value: Any, name: str) -> torch.Tensor:
@@ -126,8 +106,8 @@ def check_size(height: int, width: int) -> None:
     if max(height, width) > MAX_ASPECT * min(height, width):
         raise InputError(f"a {width}x{height} image is too elongated to resize to a square "
                          f"(at most {MAX_ASPECT:g}:1); crop it first")
-    if height * width > MAX_PIXELS:
-        raise InputError(f"a {width}x{height} image is over the {MAX_PIXELS:,}-pixel limit")
+    if height * width > MAX_IMAGE_PIXELS:
+        raise InputError(f"a {width}x{height} image is over the {MAX_IMAGE_PIXELS:,}-pixel limit")
 
 
 def fit_to_model(images: torch.Tensor, mask: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
